@@ -1,0 +1,270 @@
+"""The command line. One short function per command; the work lives elsewhere.
+
+This is the one place that maps errors to exit codes (DESIGN.md section 5):
+
+    0    success
+    1    the run ended with failed, blocked, skipped or cancelled tasks
+    2    bad usage or invalid definitions
+    3    the run is held by another live process, or its state cannot be used
+    4    the run waits for a person (paused for approval/review, or out of budget)
+    130  interrupted (resumable)
+
+Messages go to stderr, data to stdout. Heavy modules are imported inside the commands, so
+``--help`` and ``status`` stay fast and never import litellm.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from agentctl.errors import AgentctlError, DefinitionError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="Run pipelines of AI agents defined in plain files, and never lose work.",
+)
+
+EXIT_BY_STATUS = {
+    "complete": 0, "failed": 1, "cancelled": 1, "paused": 4, "budget_exceeded": 4,
+    "interrupted": 130,
+}
+
+StateDirOpt = Annotated[
+    Path, typer.Option("--state-dir", envvar="AGENTCTL_STATE_DIR",
+                       help="Where runs live (default ./state).")
+]
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(message.rstrip("\n") + "\n")
+
+
+def _fail(e: AgentctlError) -> NoReturn:
+    if isinstance(e, DefinitionError):
+        errors = [d for d in e.diagnostics if d.severity == "error"]
+        for d in e.diagnostics:
+            _err(str(d))
+        _err(f"{len(errors)} error(s)")
+    else:
+        _err(f"agentctl: error: {e}")
+    raise typer.Exit(e.exit_code)
+
+
+def _state_dir(path: Path) -> Any:
+    from agentctl.store import StateDir  # noqa: PLC0415
+
+    return StateDir(path)
+
+
+def _parse_inputs(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            from agentctl.errors import UsageError  # noqa: PLC0415
+
+            raise UsageError(f"-i expects KEY=VALUE, got '{p}'")
+        out[key] = value
+    return out
+
+
+def _reporter(json_lines: bool = False) -> Any:
+    from agentctl.render import LineReporter, LiveReporter  # noqa: PLC0415
+
+    if sys.stdout.isatty() and not os.environ.get("AGENTCTL_PLAIN"):
+        from rich.console import Console  # noqa: PLC0415
+
+        return LiveReporter(Console())
+    return LineReporter()
+
+
+def _registry() -> Any:
+    from agentctl.runners.base import Registry  # noqa: PLC0415
+
+    return Registry()
+
+
+def _finish_run(outcome: Any) -> NoReturn:
+    for note in outcome.notes:
+        _err(f"agentctl: {note}")
+    code = EXIT_BY_STATUS.get(outcome.status, 1)
+    if outcome.status == "interrupted":
+        _err(f"agentctl: interrupted; continue with `agentctl resume {outcome.run_id}`")
+    elif outcome.status in ("paused", "budget_exceeded"):
+        _err(f"agentctl: run {outcome.run_id} is {outcome.status}; see `agentctl status "
+             f"{outcome.run_id}`")
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    pipeline: Annotated[Path, typer.Argument(help="The pipeline file (YAML).")],
+    input_: Annotated[list[str], typer.Option("--input", "-i", help="KEY=VALUE, repeatable.")] = [],  # noqa: B006
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Name the run.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model for llm tasks that name none.")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", min=1, help="Tasks at once.")] = None,
+    state_dir: StateDirOpt = Path("state"),
+) -> None:
+    """Start a run: live progress on a terminal, plain lines otherwise."""
+    from agentctl import engine  # noqa: PLC0415
+
+    try:
+        registry = _registry()
+        reporter = _reporter()
+        preflight = _preflight()
+        with _maybe_live(reporter):
+            outcome = engine.start(pipeline, _state_dir(state_dir), inputs=_parse_inputs(input_),
+                                   run_id=run_id, model=model, concurrency=concurrency,
+                                   registry=registry, reporter=reporter, preflight=preflight)
+    except AgentctlError as e:
+        _fail(e)
+    _finish_run(outcome)
+
+
+def _preflight() -> Any:
+    try:
+        from agentctl.runners.llm import preflight  # noqa: PLC0415
+    except ImportError:
+        return None
+    return preflight
+
+
+class _NoLive:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _maybe_live(reporter: Any) -> Any:
+    return reporter if hasattr(reporter, "__enter__") else _NoLive()
+
+
+@app.command()
+def resume(
+    run_id: Annotated[str | None, typer.Argument(help="The run (default: the newest).")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed, blocked and skipped tasks again.")] = False,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", min=1)] = None,
+    budget_usd: Annotated[float | None, typer.Option("--budget-usd", min=0, help="Raise the run's budget in USD.")] = None,
+    budget_tokens: Annotated[int | None, typer.Option("--budget-tokens", min=0, help="Raise the run's token budget.")] = None,
+    state_dir: StateDirOpt = Path("state"),
+) -> None:
+    """Continue a run that crashed, was interrupted, paused or ran out of budget."""
+    from agentctl import engine  # noqa: PLC0415
+
+    budget: dict[str, Any] = {}
+    if budget_usd is not None:
+        budget["budget_usd"] = budget_usd
+    if budget_tokens is not None:
+        budget["budget_tokens"] = budget_tokens
+    try:
+        reporter = _reporter()
+        with _maybe_live(reporter):
+            outcome = engine.resume(_state_dir(state_dir), run_id, registry=_registry(),
+                                    reporter=reporter, retry_failed=retry_failed,
+                                    concurrency=concurrency, budget=budget or None)
+    except AgentctlError as e:
+        _fail(e)
+    _finish_run(outcome)
+
+
+@app.command()
+def status(
+    run_id: Annotated[str | None, typer.Argument(help="A run: its tasks, wave by wave.")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every second until the run ends.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object (a line per refresh with --watch).")] = False,
+    state_dir: StateDirOpt = Path("state"),
+) -> None:
+    """The runs in the state dir, or one run's tasks. Never takes the lock."""
+    import json  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from agentctl import views  # noqa: PLC0415
+
+    sd = _state_dir(state_dir)
+
+    def snapshot() -> dict[str, Any]:
+        if run_id is None:
+            return views.runs_json(sd)
+        rd = sd.run(run_id)
+        return views.run_json(rd, views.load(rd))
+
+    try:
+        data = snapshot()
+        if as_json:
+            print(json.dumps(data, ensure_ascii=False))
+            while watch and data.get("status", "running") in ("running",):
+                time.sleep(1.0)
+                data = snapshot()
+                print(json.dumps(data, ensure_ascii=False), flush=True)
+            return
+        from rich.console import Console  # noqa: PLC0415
+        from rich.live import Live  # noqa: PLC0415
+
+        from agentctl import render  # noqa: PLC0415
+
+        def view(d: dict[str, Any]) -> Any:
+            if run_id is None:
+                if not d["runs"]:
+                    return f"no runs in {sd.runs}"
+                return render.runs_table(d)
+            return render.run_table(d)
+
+        console = Console()
+        if not watch:
+            console.print(view(data))
+            return
+        with Live(view(data), console=console, refresh_per_second=2) as live:
+            while True:
+                time.sleep(1.0)
+                data = snapshot()
+                live.update(view(data))
+                if run_id is not None and data["status"] != "running":
+                    break
+    except AgentctlError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def validate(
+    pipeline: Annotated[Path, typer.Argument(help="The pipeline file (YAML).")],
+    state_dir: StateDirOpt = Path("state"),
+) -> None:
+    """Load and check a pipeline and its skills; print the waves."""
+    from rich.console import Console  # noqa: PLC0415
+
+    from agentctl import engine, render  # noqa: PLC0415
+    from agentctl.definitions import load_pipeline  # noqa: PLC0415
+
+    del state_dir
+    try:
+        defn = load_pipeline(pipeline)
+        engine.check_runners(defn, _registry())
+    except AgentctlError as e:
+        _fail(e)
+    Console().print(render.waves_table(defn))
+    for w in defn.warnings:
+        _err(str(w))
+    _err(f"{pipeline}: ok ({len(defn.pipeline.tasks)} tasks, {len(defn.warnings)} warning(s))")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        _err("agentctl: interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

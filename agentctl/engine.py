@@ -1,0 +1,260 @@
+"""Starting and resuming runs: the glue between definitions, the store and the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentctl import store
+from agentctl.definitions import Definition, find_skill_file, find_skills_dir, load_pipeline
+from agentctl.errors import DefinitionError, Diagnostic, StateError, UsageError
+from agentctl.planning import wave_of
+from agentctl.runners.base import Registry
+from agentctl.scheduler import Options, Reporter, Scheduler
+from agentctl.state import RunState, replay
+
+FROZEN_PIPELINE = "pipeline.yaml"
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    status: str
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_inputs(defn: Definition, given: dict[str, str]) -> dict[str, Any]:
+    declared = defn.pipeline.inputs
+    unknown = [k for k in given if k not in declared]
+    if unknown:
+        names = ", ".join(sorted(declared)) or "none"
+        raise UsageError(f"unknown input '{unknown[0]}' (this pipeline's inputs: {names})")
+    out: dict[str, Any] = {}
+    for name, spec in declared.items():
+        if name in given:
+            out[name] = given[name]
+        elif spec.default is not None or not spec.required:
+            out[name] = spec.default
+        else:
+            raise UsageError(f"input '{name}' is required: pass -i {name}=VALUE")
+    return out
+
+
+def freeze(defn: Definition, dest: Path) -> None:
+    """Copy the pipeline and each skill it uses (SKILL.md and assets/) into ``dest``."""
+    store.write_atomic(dest / FROZEN_PIPELINE, defn.path.read_bytes(), durable=False)
+    for name, skill in defn.skills.items():
+        if skill.path.name == "SKILL.md":
+            target = dest / "skills" / name
+            store.makedirs(target)
+            shutil.copyfile(skill.path, target / "SKILL.md")
+            assets = skill.path.parent / "assets"
+            if assets.is_dir():
+                shutil.copytree(assets, target / "assets", dirs_exist_ok=True)
+        else:
+            store.makedirs(dest / "skills")
+            shutil.copyfile(skill.path, dest / "skills" / f"{name}.md")
+    for path in store.iter_files(dest):
+        os.chmod(path, 0o600)
+    for dirpath, _dirs, _files in os.walk(dest):
+        os.chmod(dirpath, 0o700)
+
+
+def load_frozen(run: store.RunDir) -> Definition:
+    return load_pipeline(run.definition / FROZEN_PIPELINE, skills_dir=run.definition / "skills")
+
+
+def changed_on_disk(frozen: Definition, original: str | None) -> list[str]:
+    """What differs between the frozen copy and the files the run was started from."""
+    if not original:
+        return []
+    path = Path(original)
+    if not path.is_file():
+        return [f"{original} no longer exists"]
+    out = []
+    if hashlib.sha256(path.read_bytes()).hexdigest() != frozen.sha256:
+        out.append(f"{original} has changed")
+    sdir = find_skills_dir(path, None)
+    for name, skill in frozen.skills.items():
+        f = find_skill_file(sdir, name)
+        if f is None:
+            out.append(f"skill '{name}' is gone from {sdir}")
+        elif hashlib.sha256(f.read_bytes()).hexdigest() != skill.sha256:
+            out.append(f"{f} has changed")
+    return out
+
+
+def check_runners(defn: Definition, registry: Registry) -> None:
+    known = set(registry.names())
+    diags = []
+    for tid in defn.pipeline.tasks:
+        name = defn.runner_of(tid)
+        if name not in known:
+            diags.append(Diagnostic(str(defn.path), None, None,
+                                    f"tasks.{tid}: no runner named '{name}' (known: {', '.join(sorted(known))})"))
+    if diags:
+        raise DefinitionError(diags)
+
+
+def start(pipeline_path: Path, state_dir: store.StateDir, *, inputs: dict[str, str],
+          run_id: str | None, model: str | None, concurrency: int | None,
+          registry: Registry, reporter: Reporter | None, options: Options | None = None,
+          preflight: Any = None) -> Outcome:
+    defn = load_pipeline(pipeline_path)
+    check_runners(defn, registry)
+    values = resolve_inputs(defn, inputs)
+    if preflight is not None:
+        preflight(defn, model)
+    rid = run_id or state_dir.new_run_id(defn.pipeline.name)
+    if run_id is not None:
+        _check_run_id(run_id)
+    run = state_dir.create_run(rid)
+    lock = store.RunLock(run)
+    lock.acquire()
+    try:
+        freeze(defn, run.definition)
+        store.write_json_atomic(run.driver_file, store.driver_identity("run"))
+        journal = store.Journal(run, next_seq=1)
+        graph = {t: s.needs for t, s in defn.pipeline.tasks.items()}
+        waves = wave_of(graph)
+        opts = options or Options()
+        opts.concurrency = concurrency or opts.concurrency or defn.pipeline.limits.concurrency
+        if concurrency is None and options is None:
+            opts.concurrency = defn.pipeline.limits.concurrency
+        opts.model_override = model
+        tasks = [{"id": t, "wave": waves[t], "needs": s.needs, "effects": defn.effects_of(t).value,
+                  "runner": defn.runner_of(t), "skill": s.skill,
+                  "heartbeat": defn.heartbeat_of(t)}
+                 for t, s in defn.pipeline.tasks.items()]
+        journal.append([
+            {"type": "run_started", "run_id": rid, "pipeline": defn.pipeline.name,
+             "workspace": os.getcwd(), "inputs": values, "tasks": tasks,
+             "definition_sha": defn.sha256,
+             "options": {"pipeline_path": str(pipeline_path.resolve()), "model": model,
+                         "concurrency": opts.concurrency}},
+            {"type": "driver_started", **store.driver_identity("run")},
+        ])
+        state = replay(store.scan_wal(run.wal).records)
+        status = _drive(run, journal, defn, state, registry, reporter, opts)
+        return Outcome(rid, status)
+    finally:
+        lock.release()
+
+
+def _check_run_id(run_id: str) -> None:
+    import re  # noqa: PLC0415
+
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", run_id) or ".." in run_id:
+        raise UsageError(f"--run-id '{run_id}' must be letters, digits, '.', '_' and '-'")
+
+
+def _drive(run: store.RunDir, journal: store.Journal, defn: Definition, state: RunState,
+           registry: Registry, reporter: Reporter | None, opts: Options) -> str:
+    sched = Scheduler(run, journal, defn, state, registry, reporter, opts)
+    try:
+        return asyncio.run(sched.drive())
+    finally:
+        journal.close()
+
+
+def resume(state_dir: store.StateDir, run_id: str | None, *, registry: Registry,
+           reporter: Reporter | None, retry_failed: bool = False,
+           options: Options | None = None, concurrency: int | None = None,
+           budget: dict[str, Any] | None = None) -> Outcome:
+    run = state_dir.run(run_id) if run_id else state_dir.newest()
+    lock = store.RunLock(run)
+    lock.acquire()
+    try:
+        scan = store.scan_wal(run.wal)
+        notes: list[str] = []
+        if scan.torn_bytes:
+            with open(run.wal, "r+b") as f:
+                f.truncate(scan.good_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+            notes.append(f"cut a torn record ({scan.torn_bytes} bytes) off the end of the log")
+        if not scan.records or scan.records[0].get("type") != "run_started":
+            raise StateError(f"{run.wal}: the log does not start with a run_started record")
+        removed = store.clean_temp_files(run.path)
+        if removed:
+            notes.append(f"removed {removed} temp file(s) left by a crash")
+        state = replay(scan.records)
+        try:
+            defn = load_frozen(run)
+        except DefinitionError as e:
+            raise StateError(f"the frozen definition in {run.definition} cannot be loaded: "
+                             f"{e.diagnostics[0]}") from None
+        changes = changed_on_disk(defn, state.options.get("pipeline_path"))
+        if changes:
+            notes.append("definitions changed on disk since the run started ("
+                         + "; ".join(changes) + "); resume uses the frozen copy in "
+                         + str(run.definition))
+        if state.status == "complete" and not retry_failed:
+            return Outcome(run.run_id, "complete", notes + ["the run is already complete"])
+        _regenerate_outputs(run, state)
+        killed = _kill_orphans(run, state)
+        if killed:
+            notes.append(f"stopped {killed} agent process group(s) left by the previous driver")
+        store.write_json_atomic(run.driver_file, store.driver_identity("resume"))
+        journal = store.Journal(run, next_seq=state.seq + 1)
+        opts = options or Options()
+        opts.concurrency = concurrency or int(state.options.get("concurrency") or defn.pipeline.limits.concurrency)
+        opts.model_override = state.options.get("model")
+        sched = Scheduler(run, journal, defn, state, registry, reporter, opts)
+        sched.emit({"type": "driver_started", **store.driver_identity("resume")})
+        if budget:
+            sched.emit({"type": "run_options", "options": budget})
+        for t in state.in_flight():
+            sched.abandon(t, "the driver stopped during this attempt")
+        if retry_failed:
+            for t in state.tasks.values():
+                if t.status in ("failed", "skipped", "blocked", "cancelled"):
+                    sched.emit({"type": "task_reset", "task": t.id})
+        sched.commit()
+        try:
+            status = asyncio.run(sched.drive())
+        finally:
+            journal.close()
+        return Outcome(run.run_id, status, notes)
+    finally:
+        lock.release()
+
+
+def _regenerate_outputs(run: store.RunDir, state: RunState) -> None:
+    """output.json is derived from the WAL; after a power loss it may be missing."""
+    for t in state.tasks.values():
+        if t.status == "complete" and t.report is not None:
+            path = run.task_dir(t.id) / "output.json"
+            if not path.exists():
+                store.makedirs(path.parent)
+                store.write_json_atomic(path, t.report)
+
+
+def _kill_orphans(run: store.RunDir, state: RunState) -> int:
+    """Agents of in-flight attempts may outlive a SIGKILLed driver (they lead their own
+    process groups). Stop them, after checking /proc that the pid is still that agent."""
+    killed = 0
+    for t in state.in_flight():
+        pid_file = run.attempt_dir(t.id, t.attempt) / "pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        marks = {f"AGENTCTL_RUN_ID={state.run_id}".encode(), f"AGENTCTL_TASK_ID={t.id}".encode(),
+                 f"AGENTCTL_ATTEMPT={t.attempt}".encode()}
+        try:
+            environ = set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        if marks <= environ:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+                killed += 1
+    return killed

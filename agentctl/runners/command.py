@@ -1,0 +1,166 @@
+"""The ``command`` runner: a subprocess (a script, or a CLI agent such as ``claude -p``).
+
+- argv only, no shell; expressions were substituted per argument before we get here;
+- the process leads its own process group, so a timeout, a stale beat or a cancel stops the
+  whole group: SIGTERM, a grace period, then SIGKILL;
+- stdout and stderr go to files in the attempt's directory, bounded in size; every chunk read
+  is a sign of life;
+- the report is ``$AGENTCTL_OUTPUT`` if the agent wrote it, else exit code 0 = COMPLETE with
+  the tail of stdout as the summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+from typing import IO
+
+from agentctl.runners.base import Attempt, Outcome
+
+LOG_CAP = 10 * 1024 * 1024
+REPORT_CAP = 16 * 1024 * 1024
+TAIL = 2000
+
+
+class CommandRunner:
+    grace_s = 3.0
+
+    async def run(self, attempt: Attempt) -> Outcome:
+        assert attempt.argv
+        stdout_path = attempt.attempt_dir / "stdout.log"
+        stderr_path = attempt.attempt_dir / "stderr.log"
+        stdin_data = attempt.prompt.encode() if attempt.prompt is not None else None
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *attempt.argv,
+                stdin=asyncio.subprocess.PIPE if stdin_data is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=attempt.workdir,
+                env=attempt.env,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            where = f" (in {attempt.workdir})" if not attempt.workdir.is_dir() else ""
+            return Outcome(category="command_failed",
+                           message=f"command not found: {attempt.argv[0]}{where}")
+        except PermissionError:
+            return Outcome(category="command_failed",
+                           message=f"permission denied: {attempt.argv[0]}")
+        except OSError as e:
+            return Outcome(category="command_failed",
+                           message=f"cannot start {attempt.argv[0]}: {e.strerror or e}")
+        (attempt.attempt_dir / "pid").write_text(str(proc.pid))
+        tails = {"stdout": bytearray(), "stderr": bytearray()}
+        with open(stdout_path, "wb", opener=_private) as out, open(stderr_path, "wb", opener=_private) as err:
+            readers = [
+                asyncio.create_task(_pump(proc.stdout, out, tails["stdout"], attempt)),
+                asyncio.create_task(_pump(proc.stderr, err, tails["stderr"], attempt)),
+            ]
+            if stdin_data is not None:
+                readers.append(asyncio.create_task(_feed(proc.stdin, stdin_data)))
+            try:
+                rc = await proc.wait()
+            except asyncio.CancelledError:
+                await _stop_group(proc, self.grace_s)
+                for r in readers:
+                    r.cancel()
+                raise
+            # A grandchild may hold the pipes open; don't wait on it for long.
+            _done, pending = await asyncio.wait(readers, timeout=1.0)
+            for r in pending:
+                r.cancel()
+        return _outcome(attempt, rc, bytes(tails["stdout"]), bytes(tails["stderr"]))
+
+
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
+async def _pump(stream: asyncio.StreamReader | None, sink: IO[bytes], tail: bytearray,
+                attempt: Attempt) -> None:
+    if stream is None:
+        return
+    written = 0
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            return
+        attempt.beat()
+        if written < LOG_CAP:
+            part = chunk[: LOG_CAP - written]
+            sink.write(part)
+            written += len(part)
+            if written >= LOG_CAP:
+                sink.write(b"\n[agentctl: output truncated at 10 MiB]\n")
+            sink.flush()
+        tail += chunk
+        if len(tail) > 4 * TAIL:
+            del tail[: len(tail) - 2 * TAIL]
+
+
+async def _feed(stdin: asyncio.StreamWriter | None, data: bytes) -> None:
+    if stdin is None:
+        return
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        stdin.write(data)
+        await stdin.drain()
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        stdin.close()
+
+
+async def _stop_group(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM the process group, wait ``grace`` seconds, then SIGKILL it."""
+    pgid = proc.pid
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=grace)
+    except (TimeoutError, asyncio.CancelledError):
+        pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=grace)
+
+
+def _tail_text(data: bytes) -> str:
+    return data[-TAIL:].decode("utf-8", "replace").strip()
+
+
+def _outcome(attempt: Attempt, rc: int, stdout: bytes, stderr: bytes) -> Outcome:
+    details = {"exit_code": rc}
+    out_path: Path = attempt.output_path
+    if out_path.exists():
+        try:
+            size = out_path.stat().st_size
+            if size > REPORT_CAP:
+                return Outcome(category="invalid_output", retryable=True, details=details,
+                               message=f"$AGENTCTL_OUTPUT is {size} bytes; the limit is 16 MiB")
+            report = json.loads(out_path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as e:
+            return Outcome(category="invalid_output", retryable=True, details=details,
+                           message=f"$AGENTCTL_OUTPUT is not valid JSON: {e}")
+        if not isinstance(report, dict):
+            return Outcome(category="invalid_output", retryable=True, details=details,
+                           message="$AGENTCTL_OUTPUT must hold a JSON object (the report)")
+        return Outcome(report=report, details=details)
+    if rc == 0:
+        summary = _tail_text(stdout) or f"{attempt.argv[0] if attempt.argv else 'command'} exited 0"
+        return Outcome(report={"status": "COMPLETE", "summary": summary}, details=details)
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        why = f"killed by {name}"
+    else:
+        why = f"exit code {rc}"
+    err = _tail_text(stderr)
+    last = err.splitlines()[-1] if err else ""
+    msg = f"{why}: {last}" if last else why
+    return Outcome(category="command_failed", message=msg, retryable=True, details=details)

@@ -1,0 +1,535 @@
+"""The run loop: dispatch waves, collect outcomes, log every fact before acting on it.
+
+The scheduler is *given* its journal, definition, state, runners and reporter; it prints
+nothing. One pass of the loop:
+
+1. pick the tasks that may start, and log ``attempt_started`` for each;
+2. commit (one fsync for the batch) -- only now may those attempts start;
+3. start them, then wait for one to end (or a tick);
+4. log each ending (with its validated report), the retry decision, the skips it causes;
+5. commit, then write the derived files (output.json) of what was committed.
+
+Nothing downstream is dispatched until the report it needs is committed in step 5, because
+step 1 of the next pass only reads committed state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from agentctl import expr, prompts
+from agentctl.definitions import Definition
+from agentctl.errors import RunnerError
+from agentctl.models import Effects, TaskStatus
+from agentctl.reports import validate_report
+from agentctl.runners.base import Attempt, Outcome, Registry
+from agentctl.state import RunState, TaskState, apply
+from agentctl.store import Journal, RunDir, makedirs, touch, write_atomic, write_json_atomic
+
+PARKED = frozenset({TaskStatus.WAITING_APPROVAL.value, TaskStatus.NEEDS_REVIEW.value})
+
+
+class Reporter(Protocol):
+    def event(self, rec: dict[str, Any], state: RunState) -> None: ...
+    def tick(self, state: RunState) -> None: ...
+
+
+class NullReporter:
+    def event(self, rec: dict[str, Any], state: RunState) -> None:
+        pass
+
+    def tick(self, state: RunState) -> None:
+        pass
+
+
+@dataclass
+class Options:
+    concurrency: int = 4
+    model_override: str | None = None
+    tick_s: float = 0.25
+    snapshot_every_s: float = 1.0
+    driver_beat_s: float = 1.0
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 60.0
+    seed: int | None = None
+
+
+@dataclass
+class _Running:
+    task_id: str
+    attempt: int
+    future: asyncio.Task[Outcome]
+    started: float
+    deadline: float
+    heartbeat_s: float | None
+    last_life: float
+    beat_sig: tuple[int, int] | None = None
+    kill_reason: str | None = None
+    kill_message: str = ""
+
+
+@dataclass
+class _Pending:
+    not_before: dict[str, float] = field(default_factory=dict)
+
+
+def idempotency_key(run_id: str, task_id: str) -> str:
+    """The same for every attempt of a task, so a re-run after a crash can be deduplicated."""
+    return "agentctl-" + hashlib.sha256(f"{run_id}\x00{task_id}".encode()).hexdigest()[:32]
+
+
+class Scheduler:
+    def __init__(self, run: RunDir, journal: Journal, definition: Definition, state: RunState,
+                 registry: Registry, reporter: Reporter | None = None,
+                 options: Options | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.run = run
+        self.journal = journal
+        self.defn = definition
+        self.state = state
+        self.registry = registry
+        self.reporter = reporter or NullReporter()
+        self.opt = options or Options()
+        self.clock = clock
+        self.rng = random.Random(self.opt.seed)
+        self._batch: list[dict[str, Any]] = []
+        self._outputs: list[str] = []
+        self._running: dict[str, _Running] = {}
+        self._backoff: dict[str, float] = {}
+        self._interrupt: str | None = None
+        self._last_snapshot = 0.0
+        self._last_beat = 0.0
+        self._graph = {t.id: t.needs for t in state.tasks.values()}
+        self._env_base = dict(os.environ)
+
+    # ------------------------------------------------------------------ journal
+
+    def emit(self, rec: dict[str, Any]) -> None:
+        """Stage a fact. It is applied to the in-memory state now and made durable by the
+        next ``commit``; nothing outside this process acts on it before then."""
+        self._batch.append(rec)
+
+    def commit(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        self.journal.append(batch)  # one write, one fsync
+        for rec in batch:
+            apply(self.state, rec)
+            self.reporter.event(rec, self.state)
+        for tid in self._outputs:
+            report = self.state.tasks[tid].report
+            if report is not None:
+                write_json_atomic(self.run.task_dir(tid) / "output.json", report)
+        self._outputs.clear()
+
+    def snapshot(self, *, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now - self._last_snapshot < self.opt.snapshot_every_s:
+            return
+        self._last_snapshot = now
+        data = self.state.to_dict()
+        data["wal_seq"] = self.journal.seq
+        data["wal_offset"] = self.journal.offset()
+        write_json_atomic(self.run.snapshot, data, durable=True)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def drive(self) -> str:
+        """Run until every task is settled or parked, or until interrupted. Returns the run's
+        final status (also logged as ``run_ended``)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.interrupt, "interrupted" if sig == signal.SIGINT else "terminated")
+        try:
+            self._skip_unreachable()
+            self.commit()
+            self.snapshot(force=True)
+            while True:
+                self.poll_control()
+                if self._interrupt:
+                    await self._stop_all()
+                    status = "interrupted" if self._interrupt != "cancelled" else "cancelled"
+                    return self._end(status, f"run {self._interrupt}")
+                now = self.clock()
+                starts = self._pick(now)
+                for tid in starts:
+                    self._log_start(tid)
+                self.commit()  # the attempts are durable before any of them starts
+                for tid in starts:
+                    self._launch(tid, now)
+                if not self._running:
+                    if all(t.settled or t.status in PARKED for t in self.state.tasks.values()):
+                        break
+                    if self._backoff:
+                        wait = max(0.0, min(self._backoff.values()) - self.clock())
+                        await asyncio.sleep(min(wait, self.opt.tick_s))
+                        self._beat_driver()
+                        continue
+                    if not starts:
+                        break  # nothing can progress (parked tasks block the rest)
+                    continue
+                futures = [r.future for r in self._running.values()]
+                done, _ = await asyncio.wait(futures, timeout=self.opt.tick_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for r in [r for r in self._running.values() if r.future in done]:
+                    self._finish(r)
+                self._watch()
+                self.commit()
+                self._beat_driver()
+                self.reporter.tick(self.state)
+                self.snapshot()
+            return self._end(self._final_status())
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+    def interrupt(self, reason: str = "interrupted") -> None:
+        if not self._interrupt:
+            self._interrupt = reason
+
+    def poll_control(self) -> None:
+        """Hook for requests from other processes (cancel, approvals)."""
+
+    # ------------------------------------------------------------------ picking
+
+    def _pick(self, now: float) -> list[str]:
+        free = self.opt.concurrency - len(self._running)
+        if free <= 0:
+            return []
+        tasks = self.state.tasks
+        # Waves in order: a task may start once every task of the waves before it is settled
+        # (or parked for a person, so that other branches go on).
+        barrier = None
+        for t in tasks.values():
+            if not (t.settled or t.status in PARKED):
+                barrier = t.wave if barrier is None else min(barrier, t.wave)
+        out: list[str] = []
+        for t in tasks.values():
+            if len(out) >= free:
+                break
+            if t.status != TaskStatus.PENDING.value or t.wave != barrier:
+                continue
+            if self._backoff.get(t.id, 0.0) > now:
+                continue
+            if all(tasks[n].status == TaskStatus.COMPLETE.value for n in t.needs):
+                self._backoff.pop(t.id, None)
+                out.append(t.id)
+        return out
+
+    def _skip_unreachable(self) -> None:
+        """Skip pending tasks whose needs have settled without completing (for instance
+        after a resume of a run whose tasks failed)."""
+        for t in self.state.tasks.values():
+            if t.status in (TaskStatus.FAILED.value, TaskStatus.BLOCKED.value,
+                            TaskStatus.SKIPPED.value, TaskStatus.CANCELLED.value):
+                self._skip_dependents(t.id)
+
+    def _skip_dependents(self, failed: str) -> None:
+        from agentctl.planning import dependents  # noqa: PLC0415
+
+        staged = {r["task"] for r in self._batch if r["type"] == "task_skipped"}
+        src = self.state.tasks[failed]
+        how = {"failed": "failed", "blocked": "is blocked", "skipped": "was skipped",
+               "cancelled": "was cancelled"}.get(src.status, src.status)
+        for dep in dependents(self._graph, failed):
+            t = self.state.tasks[dep]
+            if t.status == TaskStatus.PENDING.value and dep not in staged:
+                direct = failed in t.needs
+                reason = (f"needs '{failed}', which {how}" if direct
+                          else f"an upstream task ('{failed}') {how}")
+                self.emit({"type": "task_skipped", "task": dep, "reason": reason,
+                           "category": "upstream_failed"})
+                staged.add(dep)
+
+    # ------------------------------------------------------------------ starting
+
+    def _log_start(self, tid: str) -> None:
+        t = self.state.tasks[tid]
+        rec: dict[str, Any] = {"type": "attempt_started", "task": tid, "attempt": t.attempt + 1,
+                               "key": idempotency_key(self.state.run_id, tid)}
+        model = self._models(tid)
+        if model:
+            rec["model"] = model[0]
+        self.emit(rec)
+
+    def _models(self, tid: str) -> list[str]:
+        if self.state.tasks[tid].runner != "llm":
+            return []
+        m = self.defn.model_of(tid, self.opt.model_override)
+        if m is None:
+            return []
+        return list(self.defn.pipeline.models.get(m, [m]))
+
+    def _context(self, tid: str) -> dict[str, Any]:
+        tasks: dict[str, Any] = {}
+        for n in self.state.tasks[tid].needs:
+            rep = self.state.tasks[n].report or {}
+            tasks[n] = {"output": rep.get("output"), "summary": rep.get("summary"),
+                        "status": rep.get("status"), "deliverables": rep.get("deliverables", []),
+                        "blockers": rep.get("blockers", []), "next": rep.get("next")}
+        return {"inputs": self.state.inputs, "tasks": tasks}
+
+    def _launch(self, tid: str, now: float) -> None:
+        t = self.state.tasks[tid]
+        n = t.attempt
+        try:
+            ctx = self._attempt(t, n)
+            coro = self._execute(t.runner, ctx)
+        except expr.ExprError as e:
+            coro = _fail("upstream_failed", f"cannot fill in the task's inputs: {e}")
+        except OSError as e:
+            coro = _fail("crashed", f"cannot prepare the attempt: {e}")
+        hb = self.defn.heartbeat_of(tid) if tid in self.defn.pipeline.tasks else None
+        self._running[tid] = _Running(
+            task_id=tid, attempt=n, future=asyncio.ensure_future(coro), started=now,
+            deadline=now + self.defn.timeout_of(tid), heartbeat_s=hb, last_life=now,
+        )
+
+    def _attempt(self, t: TaskState, n: int) -> Attempt:
+        spec = self.defn.task(t.id)
+        ctx = self._context(t.id)
+        with_ = expr.render(spec.with_, ctx)
+        argv = [expr.render_str(a, ctx) for a in spec.command] if spec.command else None
+        env_extra = {k: expr.render_str(v, ctx) for k, v in {**self.defn.pipeline.defaults.env, **spec.env}.items()}
+        needs = {d: self.state.tasks[d].report or {} for d in t.needs}
+        pkt = prompts.packet(self.state.run_id, t.id, n, with_, needs)
+        skill = self.defn.skills.get(spec.skill) if spec.skill else None
+
+        task_dir = self.run.task_dir(t.id)
+        attempt_dir = self.run.attempt_dir(t.id, n)
+        makedirs(attempt_dir)
+        input_path = task_dir / "input.json"
+        write_json_atomic(input_path, pkt)
+        prompt = prompts.rendered_prompt(pkt, skill) if skill else None
+        prompt_path = None
+        if prompt is not None:
+            prompt_path = attempt_dir / "prompt.md"
+            write_atomic(prompt_path, prompt.encode(), durable=False)
+        output_path = attempt_dir / "report.json"
+        hb_path = self.run.heartbeat_file(t.id)
+        touch(hb_path)
+        workspace = Path(self.state.workspace or ".")
+        workdir = workspace / spec.workdir if spec.workdir else workspace
+        key = idempotency_key(self.state.run_id, t.id)
+        env = {
+            **self._env_base, **env_extra,
+            "AGENTCTL_RUN_ID": self.state.run_id, "AGENTCTL_TASK_ID": t.id,
+            "AGENTCTL_ATTEMPT": str(n), "AGENTCTL_IDEMPOTENCY_KEY": key,
+            "AGENTCTL_INPUT": str(input_path), "AGENTCTL_OUTPUT": str(output_path),
+            "AGENTCTL_HEARTBEAT": str(hb_path), "AGENTCTL_WORKSPACE": str(workspace),
+        }
+        if prompt_path is not None:
+            env["AGENTCTL_PROMPT"] = str(prompt_path)
+        models = self._models(t.id)
+        budget_usd, budget_tokens = self._budget_left(t.id)
+        return Attempt(
+            run_id=self.state.run_id, task_id=t.id, attempt=n, idempotency_key=key, spec=spec,
+            skill=skill, model=models[0] if models else None, models=models,
+            workspace=workspace, workdir=workdir, attempt_dir=attempt_dir,
+            input_path=input_path, output_path=output_path, prompt_path=prompt_path,
+            heartbeat_path=hb_path, packet=pkt, prompt=prompt, argv=argv, env=env,
+            beat=self._beater(t.id, hb_path), record_call=self._call_recorder(t.id, n),
+            cached_calls=dict(t.calls), budget_usd=budget_usd, budget_tokens=budget_tokens,
+        )
+
+    def _budget_left(self, tid: str) -> tuple[float | None, int | None]:
+        return None, None
+
+    def _beater(self, tid: str, path: Path) -> Callable[[], None]:
+        last = [0.0]
+
+        def beat() -> None:
+            now = self.clock()
+            r = self._running.get(tid)
+            if r is not None:
+                r.last_life = now
+            if now - last[0] >= 0.5:  # the file is for `status`; keep syscalls rare
+                last[0] = now
+                with contextlib.suppress(OSError):
+                    os.utime(path)
+
+        return beat
+
+    def _call_recorder(self, tid: str, n: int) -> Callable[[dict[str, Any]], Any]:
+        async def record(call: dict[str, Any]) -> None:
+            # Durable before the response is used: a resume reuses it instead of paying again.
+            self.emit({"type": "llm_call", "task": tid, "attempt": n, **call})
+            self.commit()
+
+        return record
+
+    async def _execute(self, runner_name: str, ctx: Attempt) -> Outcome:
+        try:
+            runner = self.registry.get(runner_name)
+        except KeyError:
+            return Outcome(category="crashed", message=f"no runner named '{runner_name}' "
+                           f"(known: {', '.join(self.registry.names())})")
+        try:
+            return await runner.run(ctx)
+        except RunnerError as e:
+            return Outcome(category=e.category, message=e.message, retryable=e.retryable)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a runner's bug must not take the driver down
+            return Outcome(category="crashed", message=f"runner '{runner_name}' raised "
+                           f"{type(e).__name__}: {e}", retryable=True)
+
+    # ------------------------------------------------------------------ watching
+
+    def _watch(self) -> None:
+        now = self.clock()
+        for r in self._running.values():
+            if r.kill_reason or r.future.done():
+                continue
+            if now >= r.deadline:
+                r.kill_reason = "timeout"
+                r.kill_message = f"timed out after {self.defn.timeout_of(r.task_id):g}s"
+                r.future.cancel()
+                continue
+            if r.heartbeat_s:
+                try:
+                    st = os.stat(self.run.heartbeat_file(r.task_id))
+                    sig = (st.st_mtime_ns, st.st_size)
+                except FileNotFoundError:
+                    sig = None
+                if sig != r.beat_sig:
+                    # Any change counts as life; its time is read off our own clock.
+                    r.beat_sig = sig
+                    r.last_life = now
+                elif now - r.last_life > 3 * r.heartbeat_s:
+                    r.kill_reason = "stale"
+                    r.kill_message = (f"no heartbeat for {now - r.last_life:.1f}s "
+                                      f"(3 missed beats of {r.heartbeat_s:g}s)")
+                    r.future.cancel()
+
+    # ------------------------------------------------------------------ finishing
+
+    def _finish(self, r: _Running) -> None:
+        if not r.future.done():
+            return
+        del self._running[r.task_id]
+        t = self.state.tasks[r.task_id]
+        duration = round(self.clock() - r.started, 3)
+        if r.future.cancelled():
+            outcome = Outcome(category=r.kill_reason or "cancelled",
+                              message=r.kill_message or "stopped", retryable=r.kill_reason in ("timeout", "stale"))
+        else:
+            outcome = r.future.result()
+        base: dict[str, Any] = {"type": "attempt_ended", "task": t.id, "attempt": r.attempt,
+                                "tokens": outcome.tokens, "cost_usd": outcome.cost_usd,
+                                "duration_s": duration}
+        if outcome.details:
+            base["details"] = outcome.details
+        if outcome.report is not None and outcome.category is None:
+            spec = self.defn.task(t.id) if t.id in self.defn.pipeline.tasks else None
+            skill = self.defn.skills.get(spec.skill) if spec and spec.skill else None
+            report, problems = validate_report(outcome.report, skill.output_schema if skill else None)
+            if report is None:
+                outcome = Outcome(category="invalid_output", retryable=True,
+                                  message="the report does not validate: " + "; ".join(problems))
+            elif report["status"] == "COMPLETE":
+                self.emit({**base, "outcome": "complete", "report": report})
+                self._outputs.append(t.id)
+                return
+            elif report["status"] == "BLOCKED":
+                blockers = "; ".join(report["blockers"]) or report["summary"]
+                self.emit({**base, "outcome": "blocked", "report": report, "category": "blocked",
+                           "message": f"the agent is blocked: {blockers}", "retry": False})
+                self._staged_final(t.id, "blocked")
+                return
+            else:
+                outcome = Outcome(category="command_failed", retryable=False,
+                                  message=f"the agent reported FAILED: {report['summary']}")
+                base["report"] = report
+        retry = outcome.retryable and t.failures + 1 <= self.defn.retries_of(t.id)
+        self.emit({**base, "outcome": "failed", "category": outcome.category,
+                   "message": outcome.message, "retry": retry})
+        if retry:
+            self._backoff[t.id] = self.clock() + self._backoff_delay(t.failures + 1)
+        else:
+            self._staged_final(t.id, "failed")
+
+    def _staged_final(self, tid: str, status: str) -> None:
+        # The skips are decided from the status this ending gives the task.
+        saved = self.state.tasks[tid].status
+        self.state.tasks[tid].status = status
+        try:
+            self._skip_dependents(tid)
+        finally:
+            self.state.tasks[tid].status = saved
+
+    def _backoff_delay(self, failures: int) -> float:
+        base = min(self.opt.backoff_cap_s, self.opt.backoff_base_s * 2 ** (failures - 1))
+        return base * (0.5 + self.rng.random() / 2)  # jitter: 50-100% of the step
+
+    # ------------------------------------------------------------------ stopping
+
+    async def _stop_all(self) -> None:
+        """Stop every running attempt (their process groups) and log what resume must do."""
+        for r in self._running.values():
+            if not r.future.done():
+                r.kill_reason = r.kill_reason or "cancelled"
+                r.future.cancel()
+        if self._running:
+            await asyncio.wait([r.future for r in self._running.values()], timeout=30)
+        for r in list(self._running.values()):
+            del self._running[r.task_id]
+            t = self.state.tasks[r.task_id]
+            self.abandon(t, f"stopped: run {self._interrupt}", category="cancelled")
+        self.commit()
+
+    def abandon(self, t: TaskState, why: str, *, category: str = "crashed") -> None:
+        """An attempt that did not end on its own: decide by the task's effects what resume
+        does (section 6.2 of the design): run again, same idempotency key, or a person."""
+        effects = Effects(t.effects)
+        if effects is Effects.IRREVERSIBLE:
+            self.emit({"type": "attempt_ended", "task": t.id, "attempt": t.attempt,
+                       "outcome": "abandoned", "category": category, "message": why,
+                       "retry": True, "counts": False})
+            self.emit({"type": "task_needs_review", "task": t.id,
+                       "reason": f"irreversible task was in flight ({why}); a person must check "
+                                 "whether it took effect"})
+        else:
+            self.emit({"type": "attempt_ended", "task": t.id, "attempt": t.attempt,
+                       "outcome": "abandoned", "category": category, "message": why,
+                       "retry": True, "counts": False})
+
+    def _final_status(self) -> str:
+        statuses = [t.status for t in self.state.tasks.values()]
+        if any(s in PARKED for s in statuses):
+            return "paused"
+        if any(s != TaskStatus.COMPLETE.value for s in statuses):
+            return "failed"
+        return "complete"
+
+    def _end(self, status: str, reason: str | None = None) -> str:
+        rec: dict[str, Any] = {"type": "run_ended", "status": status}
+        if reason:
+            rec["reason"] = reason
+        self.emit(rec)
+        self.commit()
+        self.snapshot(force=True)
+        return status
+
+    def _beat_driver(self) -> None:
+        now = self.clock()
+        if now - self._last_beat >= self.opt.driver_beat_s:
+            self._last_beat = now
+            with contextlib.suppress(OSError):
+                os.utime(self.run.driver_file)
+
+
+async def _fail(category: str, message: str) -> Outcome:
+    return Outcome(category=category, message=message, retryable=False)

@@ -1,0 +1,238 @@
+"""Pure: the facts in the WAL -> the state of a run. No I/O.
+
+Every record is a dict with ``type``; ``apply`` folds one into a RunState. The scheduler
+decides (retry or not, skip or not) and writes its decision as a record, so replay never has
+to re-decide anything: replaying the same log always gives the same state.
+
+Record types::
+
+    run_started      run_id pipeline workspace inputs tasks[] options definition_sha
+    driver_started   pid host mode
+    attempt_started  task attempt key [model]
+    attempt_ended    task attempt outcome category message report tokens cost_usd
+                     retry counts duration_s
+    llm_call         task attempt call request_hash response tokens cost_usd model latency_s
+    task_skipped     task reason
+    task_needs_review task reason
+    run_ended        status [reason]
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from agentctl.vocab import SETTLED, TaskStatus
+
+
+@dataclass
+class Attempt:
+    n: int
+    key: str = ""
+    started_at: str | None = None
+    ended_at: str | None = None
+    outcome: str | None = None  # complete, blocked, failed, abandoned
+    category: str | None = None
+    message: str | None = None
+    tokens: int = 0
+    cost_usd: float = 0.0
+    duration_s: float | None = None
+    model: str | None = None
+
+
+@dataclass
+class TaskState:
+    id: str
+    wave: int
+    needs: list[str]
+    effects: str
+    runner: str
+    skill: str | None = None
+    heartbeat: float | None = None
+    status: str = TaskStatus.PENDING.value
+    attempts: list[Attempt] = field(default_factory=list)
+    failures: int = 0  # attempts that count against the retry policy
+    report: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+    reason: str | None = None  # why skipped / needs review
+    started_at: str | None = None
+    ended_at: str | None = None
+    tokens: int = 0
+    cost_usd: float = 0.0
+    calls: dict[str, dict[str, Any]] = field(default_factory=dict)  # request_hash -> response
+
+    @property
+    def attempt(self) -> int:
+        return len(self.attempts)
+
+    @property
+    def settled(self) -> bool:
+        return TaskStatus(self.status) in SETTLED
+
+
+@dataclass
+class RunState:
+    run_id: str = ""
+    pipeline: str = ""
+    status: str = "running"
+    reason: str | None = None
+    workspace: str = ""
+    inputs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    definition_sha: str = ""
+    started_at: str | None = None
+    ended_at: str | None = None
+    driver_pid: int | None = None
+    drivers: int = 0
+    tasks: dict[str, TaskState] = field(default_factory=dict)
+    seq: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+    # ------------------------------------------------------------------ views
+
+    def waves(self) -> list[list[TaskState]]:
+        out: list[list[TaskState]] = []
+        for t in self.tasks.values():
+            while len(out) <= t.wave:
+                out.append([])
+            out[t.wave].append(t)
+        return out
+
+    def count(self, status: str) -> int:
+        return sum(1 for t in self.tasks.values() if t.status == status)
+
+    def in_flight(self) -> list[TaskState]:
+        return [t for t in self.tasks.values() if t.status == TaskStatus.RUNNING.value]
+
+    # ------------------------------------------------------------------ (de)serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunState:
+        tasks = {}
+        for tid, t in d.get("tasks", {}).items():
+            t = dict(t)
+            t["attempts"] = [Attempt(**a) for a in t.get("attempts", [])]
+            tasks[tid] = TaskState(**t)
+        fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "tasks"}
+        return cls(tasks=tasks, **fields)
+
+
+def apply(state: RunState, rec: dict[str, Any]) -> None:
+    kind = rec["type"]
+    state.seq = rec.get("seq", state.seq)
+    at = rec.get("at")
+    if kind == "run_started":
+        state.run_id = rec["run_id"]
+        state.pipeline = rec["pipeline"]
+        state.workspace = rec.get("workspace", "")
+        state.inputs = rec.get("inputs", {})
+        state.options = rec.get("options", {})
+        state.definition_sha = rec.get("definition_sha", "")
+        state.started_at = at
+        for t in rec["tasks"]:
+            state.tasks[t["id"]] = TaskState(
+                id=t["id"], wave=t["wave"], needs=list(t["needs"]), effects=t["effects"],
+                runner=t["runner"], skill=t.get("skill"), heartbeat=t.get("heartbeat"),
+            )
+        return
+    if kind == "driver_started":
+        state.driver_pid = rec["pid"]
+        state.drivers += 1
+        state.status = "running"
+        state.reason = None
+        state.ended_at = None
+        return
+    if kind == "run_ended":
+        state.status = rec["status"]
+        state.reason = rec.get("reason")
+        state.ended_at = at
+        return
+    if kind == "run_options":
+        state.options.update(rec.get("options", {}))
+        return
+
+    task = state.tasks[rec["task"]]
+    if kind == "attempt_started":
+        task.attempts.append(Attempt(n=rec["attempt"], key=rec.get("key", ""), started_at=at,
+                                     model=rec.get("model")))
+        task.status = TaskStatus.RUNNING.value
+        task.error = None
+        task.reason = None
+        if task.started_at is None:
+            task.started_at = at
+        task.ended_at = None
+    elif kind == "attempt_ended":
+        att = task.attempts[rec["attempt"] - 1]
+        att.ended_at = at
+        att.outcome = rec["outcome"]
+        att.category = rec.get("category")
+        att.message = rec.get("message")
+        att.tokens = int(rec.get("tokens", 0))
+        att.cost_usd = float(rec.get("cost_usd", 0.0))
+        att.duration_s = rec.get("duration_s")
+        task.tokens += att.tokens
+        task.cost_usd += att.cost_usd
+        state.tokens += att.tokens
+        state.cost_usd += att.cost_usd
+        if rec.get("counts", True) and rec["outcome"] != "complete":
+            task.failures += 1
+        if rec["outcome"] == "complete":
+            task.status = TaskStatus.COMPLETE.value
+            task.report = rec.get("report")
+            task.error = None
+            task.ended_at = at
+        elif rec.get("retry"):
+            task.status = TaskStatus.PENDING.value
+            task.error = _error(rec)
+        else:
+            task.status = (TaskStatus.BLOCKED if rec["outcome"] == "blocked"
+                           else TaskStatus.FAILED).value
+            task.report = rec.get("report")
+            task.error = _error(rec)
+            task.ended_at = at
+    elif kind == "llm_call":
+        # Tokens are counted here, as each call is paid for; attempt_ended then carries
+        # only what was not already logged by calls.
+        task.calls[rec["request_hash"]] = rec["response"]
+        tokens, cost = int(rec.get("tokens", 0)), float(rec.get("cost_usd", 0.0))
+        task.tokens += tokens
+        task.cost_usd += cost
+        state.tokens += tokens
+        state.cost_usd += cost
+        if task.attempts:
+            task.attempts[-1].tokens += tokens
+            task.attempts[-1].cost_usd += cost
+    elif kind == "task_skipped":
+        task.status = TaskStatus.SKIPPED.value
+        task.reason = rec.get("reason")
+        task.error = {"category": rec.get("category", "upstream_failed"),
+                      "message": rec.get("reason", "")}
+        task.ended_at = at
+    elif kind == "task_needs_review":
+        task.status = TaskStatus.NEEDS_REVIEW.value
+        task.reason = rec.get("reason")
+        task.error = {"category": "crashed", "message": rec.get("reason", "")}
+    elif kind == "task_reset":
+        task.status = TaskStatus.PENDING.value
+        task.error = None
+        task.reason = None
+        task.failures = 0
+        task.report = None
+        task.ended_at = None
+
+
+def _error(rec: dict[str, Any]) -> dict[str, str] | None:
+    if rec.get("category"):
+        return {"category": rec["category"], "message": rec.get("message") or ""}
+    return None
+
+
+def replay(records: list[dict[str, Any]], base: RunState | None = None) -> RunState:
+    state = base or RunState()
+    for rec in records:
+        apply(state, rec)
+    return state

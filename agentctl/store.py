@@ -1,0 +1,419 @@
+"""The files of a run: write-ahead log, snapshot, heartbeats, the lock.
+
+Promises, in the order things happen:
+
+1. The WAL (``wal.jsonl``) is the truth. Each line is one JSON record carrying ``seq``
+   (1, 2, 3, ... with no gap) and ``crc`` (CRC-32 of the line's JSON without the crc field).
+   ``append`` writes a batch of records with one ``os.write`` on an O_APPEND descriptor and
+   then one ``fsync``: records may share an fsync (group commit), and the caller acts on none
+   of them until ``append`` has returned.
+2. Reading: a bad or partial record with nothing valid after it is a torn tail, left by a
+   crash mid-write: readers ignore it and ``repair`` cuts it off. A bad record followed by a
+   good one is corruption in the middle: CorruptLogError, never a guess.
+3. ``run.json`` is derived from the WAL and replaced atomically (temp file in the same
+   directory, fsync, ``os.replace``, fsync of the directory). It carries the WAL ``seq`` and
+   byte offset it reflects, so readers replay only the records after it.
+4. Other files (``output.json``, ``input.json``) are replaced atomically (temp + rename) but
+   are derived: after a power loss the WAL regenerates them.
+5. One driver per run: ``lock`` is held with ``filelock`` by the driving process; the OS
+   drops it when that process dies, so a dead holder's lock is simply taken over.
+6. Directories are 0700 and files 0600; temp files a crash left behind are removed when a
+   driver starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import time
+import zlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agentctl.errors import CorruptLogError, LockHeld, RunNotFound, StateError
+
+WAL = "wal.jsonl"
+SNAPSHOT = "run.json"
+TMP_SUFFIX = ".tmp"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _crc(body: str) -> str:
+    return f"{zlib.crc32(body.encode('utf-8')) & 0xFFFFFFFF:08x}"
+
+
+def encode_record(rec: dict[str, Any]) -> bytes:
+    body = _dumps(rec)
+    return (body[:-1] + f',"crc":"{_crc(body)}"}}\n').encode()
+
+
+def decode_record(line: bytes) -> dict[str, Any] | None:
+    """The record on a line, or None when the line is not a whole, intact record."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    crc = obj.pop("crc", None)
+    if not isinstance(crc, str) or _crc(_dumps(obj)) != crc or not isinstance(obj.get("seq"), int):
+        return None
+    return obj
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, *, durable: bool) -> None:
+    """Replace ``path`` with ``data``: readers see the old or the new file, never a mix."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, obj: Any, *, durable: bool = False) -> None:
+    write_atomic(path, (json.dumps(obj, ensure_ascii=False, indent=2) + "\n").encode(), durable=durable)
+
+
+def makedirs(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+class WalScan:
+    """The result of reading a WAL: its records and where the good part ends."""
+
+    def __init__(self, records: list[dict[str, Any]], good_bytes: int, torn_bytes: int) -> None:
+        self.records = records
+        self.good_bytes = good_bytes
+        self.torn_bytes = torn_bytes
+
+
+def scan_wal(path: Path, *, start: int = 0, start_seq: int = 0) -> WalScan:
+    """Read records from byte ``start`` on. Raises CorruptLogError for damage in the middle."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read()
+    except FileNotFoundError:
+        raise StateError(f"{path}: the run has no write-ahead log") from None
+    records: list[dict[str, Any]] = []
+    pos = 0
+    good_end = 0
+    bad: tuple[int, int] | None = None  # (line number, offset) of the first bad line
+    expect = start_seq + 1
+    lineno = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        end = len(data) if nl < 0 else nl + 1
+        line = data[pos:end]
+        lineno += 1
+        rec = decode_record(line) if nl >= 0 else None
+        if rec is None:
+            if bad is None:
+                bad = (lineno, start + pos)
+        else:
+            if bad is not None:
+                raise CorruptLogError(
+                    f"{path}: record at byte {bad[1]} is damaged (bad checksum or not JSON) "
+                    f"and valid records follow it; the log is corrupt in the middle, so "
+                    f"agentctl will not guess. Restore {path.name} from a backup, or move the "
+                    "run aside."
+                )
+            if rec["seq"] != expect:
+                raise CorruptLogError(
+                    f"{path}: record at byte {start + pos} has sequence {rec['seq']}, expected "
+                    f"{expect}; records are missing or repeated"
+                )
+            expect += 1
+            records.append(rec)
+            good_end = end
+        pos = end
+    return WalScan(records, start + good_end, len(data) - good_end)
+
+
+class RunDir:
+    """The directory of one run and the files in it. Reading needs no lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.run_id = path.name
+
+    # paths
+    @property
+    def wal(self) -> Path:
+        return self.path / WAL
+
+    @property
+    def snapshot(self) -> Path:
+        return self.path / SNAPSHOT
+
+    @property
+    def definition(self) -> Path:
+        return self.path / "definition"
+
+    @property
+    def heartbeats(self) -> Path:
+        return self.path / "heartbeats"
+
+    @property
+    def driver_file(self) -> Path:
+        return self.heartbeats / "driver.json"
+
+    @property
+    def control(self) -> Path:
+        return self.path / "control"
+
+    def task_dir(self, task_id: str) -> Path:
+        return self.path / "tasks" / task_id
+
+    def attempt_dir(self, task_id: str, attempt: int) -> Path:
+        return self.task_dir(task_id) / "attempts" / str(attempt)
+
+    def heartbeat_file(self, task_id: str) -> Path:
+        return self.heartbeats / f"{task_id}.beat"
+
+    def exists(self) -> bool:
+        return self.wal.exists()
+
+    # reading
+    def read_snapshot(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.snapshot.read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def read_driver(self) -> tuple[dict[str, Any] | None, float | None]:
+        """The driver's identity and its heartbeat age in seconds (wall clock)."""
+        try:
+            st = self.driver_file.stat()
+            info = json.loads(self.driver_file.read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None, None
+        return (info if isinstance(info, dict) else None), max(0.0, time.time() - st.st_mtime)
+
+    def heartbeat_age(self, task_id: str) -> float | None:
+        try:
+            return max(0.0, time.time() - self.heartbeat_file(task_id).stat().st_mtime)
+        except FileNotFoundError:
+            return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def driver_alive(info: dict[str, Any] | None, age: float | None, interval: float) -> bool:
+    if not info or age is None:
+        return False
+    if info.get("host") != socket.gethostname():
+        return age < 10 * interval  # another machine: trust the beat alone
+    return pid_alive(int(info.get("pid", 0))) and age < max(10.0, 10 * interval)
+
+
+class Journal:
+    """The writing side of a run: owned by the one driver that holds the lock."""
+
+    def __init__(self, run: RunDir, *, next_seq: int) -> None:
+        self.run = run
+        self.seq = next_seq - 1
+        self.fsyncs = 0
+        self._fd = os.open(run.wal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        """Write records durably (one write, one fsync). Mutates them: sets ``seq``, ``at``."""
+        if not records:
+            return
+        chunks = []
+        for rec in records:
+            self.seq += 1
+            full = {"seq": self.seq, "at": rec.pop("at", None) or now_iso(), **rec}
+            rec.clear()
+            rec.update(full)
+            chunks.append(encode_record(full))
+        data = b"".join(chunks)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        os.fsync(self._fd)
+        self.fsyncs += 1
+
+    def offset(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class StateDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def runs(self) -> Path:
+        return self.path / "runs"
+
+    def run(self, run_id: str) -> RunDir:
+        if not run_id or "/" in run_id or run_id in (".", "..") or "\x00" in run_id:
+            raise RunNotFound(f"'{run_id}' is not a run id")
+        rd = RunDir(self.runs / run_id)
+        if not rd.exists():
+            raise RunNotFound(f"no run '{run_id}' in {self.runs}")
+        return rd
+
+    def list_runs(self) -> list[RunDir]:
+        """Runs, oldest first (by creation time of their WAL)."""
+        try:
+            entries = [RunDir(p) for p in self.runs.iterdir() if (p / WAL).exists()]
+        except FileNotFoundError:
+            return []
+
+        def started(r: RunDir) -> tuple[float, str]:
+            try:
+                return (_birth(r), r.run_id)
+            except OSError:
+                return (0.0, r.run_id)
+
+        return sorted(entries, key=started)
+
+    def newest(self) -> RunDir:
+        runs = self.list_runs()
+        if not runs:
+            raise RunNotFound(f"no runs in {self.runs}")
+        return runs[-1]
+
+    def new_run_id(self, pipeline: str) -> str:
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        return f"{stamp}-{pipeline}-{secrets.token_hex(2)}"
+
+    def create_run(self, run_id: str) -> RunDir:
+        makedirs(self.runs)
+        rd = RunDir(self.runs / run_id)
+        try:
+            rd.path.mkdir(mode=0o700)
+        except FileExistsError:
+            raise StateError(f"run '{run_id}' already exists in {self.runs}") from None
+        for sub in ("definition", "heartbeats", "tasks", "control"):
+            (rd.path / sub).mkdir(mode=0o700)
+        fd = os.open(rd.wal, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.fsync(fd)
+        os.close(fd)
+        fsync_dir(rd.path)
+        fsync_dir(self.runs)
+        return rd
+
+
+def _birth(r: RunDir) -> float:
+    # The run id starts with a UTC timestamp for runs we named; fall back on the dir's mtime
+    # for ids a user chose.
+    snap = r.path / "definition"
+    try:
+        return snap.stat().st_mtime
+    except OSError:
+        return r.path.stat().st_mtime
+
+
+class RunLock:
+    """The one-driver lock. ``acquire`` raises LockHeld naming the live holder."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        from filelock import FileLock  # noqa: PLC0415 - status never needs it
+
+        self._lock = FileLock(str(run.path / "lock"), mode=0o600)
+
+    def acquire(self) -> None:
+        from filelock import Timeout  # noqa: PLC0415
+
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            info, age = self.run.read_driver()
+            who = f"pid {info.get('pid')} on {info.get('host')}" if info else "another process"
+            beat = f", last heartbeat {age:.1f}s ago" if age is not None else ""
+            raise LockHeld(
+                f"run '{self.run.run_id}' is held by {who}{beat}; wait for it, or stop it "
+                "(agentctl cancel) before resuming"
+            ) from None
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+def clean_temp_files(root: Path) -> int:
+    removed = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if name.endswith(TMP_SUFFIX) and name.startswith("."):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed
+
+
+def write_driver_beat(run: RunDir, info: dict[str, Any] | None = None) -> None:
+    if info is not None:
+        write_json_atomic(run.driver_file, info)
+    else:
+        try:
+            os.utime(run.driver_file)
+        except FileNotFoundError:
+            pass
+
+
+def touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.close(fd)
+
+
+def iter_files(root: Path) -> Iterator[Path]:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            yield Path(dirpath) / name
+
+
+def driver_identity(mode: str) -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "mode": mode, "since": now_iso()}

@@ -1,0 +1,89 @@
+"""Reading runs for people and programs: ``status`` data, without the lock. No rich here.
+
+``load`` folds the snapshot and the WAL records after it, and overlays liveness: a run whose
+log says running but whose driver is gone is ``crashed``; a running task whose heartbeat is
+older than 3 intervals is ``stale``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentctl import store
+from agentctl.state import RunState, replay
+
+DRIVER_BEAT_S = 1.0
+
+
+def load(run: store.RunDir) -> RunState:
+    snap = run.read_snapshot()
+    base: RunState | None = None
+    offset, seq = 0, 0
+    if snap and isinstance(snap.get("wal_offset"), int):
+        try:
+            if snap["wal_offset"] <= run.wal.stat().st_size:
+                base = RunState.from_dict({k: v for k, v in snap.items()
+                                           if k not in ("wal_seq", "wal_offset")})
+                offset, seq = snap["wal_offset"], int(snap.get("wal_seq", 0))
+        except (OSError, TypeError, KeyError, ValueError):
+            base = None
+    if base is None:
+        offset, seq = 0, 0
+    scan = store.scan_wal(run.wal, start=offset, start_seq=seq)
+    return replay(scan.records, base)
+
+
+def live_status(run: store.RunDir, state: RunState) -> tuple[str, dict[str, Any]]:
+    info, age = run.read_driver()
+    alive = store.driver_alive(info, age, DRIVER_BEAT_S)
+    driver = {"pid": info.get("pid") if info else None, "alive": alive,
+              "heartbeat_age_s": None if age is None else round(age, 1)}
+    status = state.status
+    if status == "running" and not alive:
+        status = "crashed"
+    return status, driver
+
+
+def task_rows(run: store.RunDir, state: RunState, run_alive: bool) -> list[dict[str, Any]]:
+    rows = []
+    for t in sorted(state.tasks.values(), key=lambda t: t.wave):
+        hb = run.heartbeat_age(t.id) if t.status == "running" else None
+        status = t.status
+        if status == "running" and (not run_alive or (
+                t.heartbeat and hb is not None and hb > 3 * t.heartbeat)):
+            status = "stale"
+        rows.append({
+            "id": t.id, "wave": t.wave, "status": status, "attempts": t.attempt,
+            "heartbeat_age_s": None if hb is None else round(hb, 1),
+            "started_at": t.started_at, "ended_at": t.ended_at,
+            "tokens": t.tokens, "cost_usd": round(t.cost_usd, 6), "error": t.error,
+        })
+    return rows
+
+
+def run_json(run: store.RunDir, state: RunState) -> dict[str, Any]:
+    status, driver = live_status(run, state)
+    tasks = task_rows(run, state, driver["alive"])
+    return {
+        "run_id": state.run_id, "pipeline": state.pipeline, "status": status,
+        "driver": driver, "tasks": tasks,
+        "totals": {"tasks": len(tasks), "complete": state.count("complete"),
+                   "tokens": state.tokens, "cost_usd": round(state.cost_usd, 6)},
+    }
+
+
+def runs_json(state_dir: store.StateDir) -> dict[str, Any]:
+    out = []
+    for run in state_dir.list_runs():
+        try:
+            state = load(run)
+        except Exception as e:  # one broken run must not hide the others
+            out.append({"run_id": run.run_id, "pipeline": None, "status": "unreadable",
+                        "started_at": None, "tasks": 0, "complete": 0, "cost_usd": 0.0,
+                        "error": str(e)})
+            continue
+        status, _ = live_status(run, state)
+        out.append({"run_id": state.run_id, "pipeline": state.pipeline, "status": status,
+                    "started_at": state.started_at, "tasks": len(state.tasks),
+                    "complete": state.count("complete"), "cost_usd": round(state.cost_usd, 6)})
+    return {"runs": out}

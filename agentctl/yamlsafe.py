@@ -1,0 +1,136 @@
+"""Safe YAML loading that remembers where every value came from.
+
+Promises:
+- only plain data (mappings, sequences, scalars) is built; no Python objects;
+- aliases and anchors are refused as they are read, so an alias bomb costs nothing;
+- duplicate keys in a mapping are an error, not a silent overwrite;
+- every key and value has a (line, col), 1-based, for compiler-style messages;
+- input above ``MAX_BYTES`` is refused before parsing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+MAX_BYTES = 1024 * 1024
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass
+class Located:
+    """The data of a YAML document and a map from each value's path to its position."""
+
+    data: Any
+    positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    key_positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+
+    def where(self, path: Path_) -> tuple[int, int] | None:
+        """The position of the value at ``path``, or of its nearest located ancestor."""
+        p = tuple(path)
+        while p:
+            if p in self.positions:
+                return self.positions[p]
+            p = p[:-1]
+        return self.positions.get((), None)
+
+    def where_key(self, path: Path_) -> tuple[int, int] | None:
+        return self.key_positions.get(tuple(path)) or self.where(path)
+
+
+class YamlError(Exception):
+    def __init__(self, message: str, line: int | None = None, col: int | None = None) -> None:
+        self.message = message
+        self.line = line
+        self.col = col
+        super().__init__(message)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise YamlError(
+                "YAML aliases (*name) are not allowed in agentctl files",
+                event.start_mark.line + 1,
+                event.start_mark.column + 1,
+            )
+        event = self.peek_event()
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            raise YamlError(
+                f"YAML anchors (&{anchor}) are not allowed in agentctl files",
+                event.start_mark.line + 1,
+                event.start_mark.column + 1,
+            )
+        return super().compose_node(parent, index)
+
+
+def _pos(node: yaml.Node) -> tuple[int, int]:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _build(node: yaml.Node, path: Path_, out: Located, ctor: yaml.constructor.SafeConstructor) -> Any:
+    out.positions[path] = _pos(node)
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:merge":
+                raise YamlError("YAML merge keys (<<) are not allowed", *_pos(key_node))
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise YamlError("mapping keys must be plain scalars", *_pos(key_node))
+            key = ctor.construct_object(key_node)
+            if key is True and key_node.value in ("on", "On", "ON", "yes", "Yes", "YES", "y", "Y"):
+                # YAML 1.1 reads `on:` as True; keep what the author wrote.
+                key = key_node.value
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                raise YamlError("mapping keys must be strings", *_pos(key_node))
+            skey = key if isinstance(key, str) else str(key)
+            if skey in result:
+                line, col = _pos(key_node)
+                first = out.key_positions.get((*path, skey))
+                was = f" (first defined at line {first[0]})" if first else ""
+                raise YamlError(f"duplicate key '{skey}'{was}", line, col)
+            out.key_positions[(*path, skey)] = _pos(key_node)
+            result[skey] = _build(value_node, (*path, skey), out, ctor)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, (*path, i), out, ctor) for i, item in enumerate(node.value)]
+    return ctor.construct_object(node)
+
+
+def load(text: str | bytes) -> Located:
+    """Parse one YAML document. Raises YamlError with a 1-based position."""
+    if isinstance(text, bytes):
+        if len(text) > MAX_BYTES:
+            raise YamlError(f"file is larger than {MAX_BYTES // 1024} KiB; refusing to parse it", 1, 1)
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = text[: e.start].count(b"\n") + 1
+            raise YamlError(f"file is not valid UTF-8 (byte {e.start})", line, 1) from None
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise YamlError(f"file is larger than {MAX_BYTES // 1024} KiB; refusing to parse it", 1, 1)
+    loader = _NoAliasLoader(text)
+    out = Located(data=None)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return out
+        out.data = _build(node, (), out, loader)
+        return out
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        msg = " ".join(x for x in (e.context, e.problem) if x) or "invalid YAML"
+        if mark is not None:
+            raise YamlError(f"invalid YAML: {msg}", mark.line + 1, mark.column + 1) from None
+        raise YamlError(f"invalid YAML: {msg}") from None
+    except yaml.YAMLError as e:
+        raise YamlError(f"invalid YAML: {e}") from None
+    except RecursionError:
+        raise YamlError("YAML is nested too deeply") from None
+    finally:
+        loader.dispose()
