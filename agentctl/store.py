@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agentctl import redact
 from agentctl.errors import CorruptLogError, LockHeld, RunNotFound, StateError
 
 WAL = "wal.jsonl"
@@ -57,6 +58,13 @@ def _crc(body: str) -> str:
 def encode_record(rec: dict[str, Any]) -> bytes:
     body = _dumps(rec)
     return (body[:-1] + f',"crc":"{_crc(body)}"}}\n').encode()
+
+
+def _redacted(rec: dict[str, Any]) -> dict[str, Any]:
+    """The record with secrets masked (the same object when there were none)."""
+    body = _dumps(rec)
+    clean = redact.default().text(body)
+    return rec if clean == body else json.loads(clean)
 
 
 def decode_record(line: bytes) -> dict[str, Any] | None:
@@ -265,7 +273,7 @@ class Journal:
         chunks = []
         for rec in records:
             self.seq += 1
-            full = {"seq": self.seq, "at": rec.pop("at", None) or now_iso(), **rec}
+            full = _redacted({"seq": self.seq, "at": rec.pop("at", None) or now_iso(), **rec})
             rec.clear()
             rec.update(full)
             chunks.append(encode_record(full))

@@ -19,6 +19,7 @@ import signal
 from pathlib import Path
 from typing import IO
 
+from agentctl import redact
 from agentctl.runners.base import Attempt, Outcome
 
 LOG_CAP = 10 * 1024 * 1024
@@ -92,7 +93,8 @@ async def _pump(stream: asyncio.StreamReader | None, sink: IO[bytes], tail: byte
             return
         attempt.beat()
         if written < LOG_CAP:
-            part = chunk[: LOG_CAP - written]
+            # Secrets are masked per chunk; one split across two reads can slip through.
+            part = redact.default().text(chunk[: LOG_CAP - written].decode("utf-8", "replace")).encode()
             sink.write(part)
             written += len(part)
             if written >= LOG_CAP:
