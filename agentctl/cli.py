@@ -28,6 +28,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    pretty_exceptions_enable=False,
     help="Run pipelines of AI agents defined in plain files, and never lose work.",
 )
 
@@ -260,10 +261,16 @@ def validate(
 
 def main() -> None:
     try:
-        app()
+        app(standalone_mode=True)
     except KeyboardInterrupt:
         _err("agentctl: interrupted")
         sys.exit(130)
+    except Exception as e:  # a bug of ours: one line, the traceback on request
+        if os.environ.get("AGENTCTL_DEBUG"):
+            raise
+        _err(f"agentctl: internal error: {type(e).__name__}: {e} "
+             "(set AGENTCTL_DEBUG=1 for the traceback)")
+        sys.exit(70)
 
 
 if __name__ == "__main__":

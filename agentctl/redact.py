@@ -23,7 +23,7 @@ PATTERNS = [
     r"AKIA[0-9A-Z]{16}",                        # AWS access key id
     r"AIza[0-9A-Za-z_\-]{30,}",                 # Google
     r"hf_[A-Za-z0-9]{20,}",                     # Hugging Face
-    r"(?i)(?<=bearer )[A-Za-z0-9._~+/=\-]{12,}",
+    r"(?<=[Bb]earer )[A-Za-z0-9._~+/=\-]{12,}",
 ]
 
 
