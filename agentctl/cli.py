@@ -259,6 +259,80 @@ def validate(
     _err(f"{pipeline}: ok ({len(defn.pipeline.tasks)} tasks, {len(defn.warnings)} warning(s))")
 
 
+def _request(state_dir: Path, run_id: str | None, req: dict[str, Any]) -> None:
+    from agentctl import engine  # noqa: PLC0415
+
+    try:
+        message = engine.request(_state_dir(state_dir), run_id, req)
+    except AgentctlError as e:
+        _fail(e)
+    _err(f"agentctl: {message}")
+
+
+@app.command()
+def approve(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    task: Annotated[str, typer.Argument(help="The task waiting for approval.")],
+    note: Annotated[str | None, typer.Option("--note", help="Why; kept in the WAL.")] = None,
+    state_dir: StateDirOpt = Path("state"),
+) -> None:
+    """Approve a task that waits for a person (approval: required, or irreversible)."""
+    _request(state_dir, run_id, {"action": "approve", "task": task, "note": note})
+
+
+@app.command()
+def reject(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    task: Annotated[str, typer.Argument(help="The task waiting for approval.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why; its dependents are skipped with it.")],
+    state_dir: StateDirOpt = Path("state"),
+) -> None:
+    """Reject a task that waits for approval; its dependents are skipped."""
+    _request(state_dir, run_id, {"action": "reject", "task": task, "note": reason})
+
+
+@app.command()
+def complete(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    task: Annotated[str, typer.Argument(help="The task a person completes.")],
+    output: Annotated[Path, typer.Option("--output", help="The report (JSON), validated like an agent's.")],
+    note: Annotated[str | None, typer.Option("--note")] = None,
+    state_dir: StateDirOpt = Path("state"),
+) -> None:
+    """Take a task over: supply its report instead of running it."""
+    import json  # noqa: PLC0415
+
+    from agentctl.errors import UsageError  # noqa: PLC0415
+
+    try:
+        report = json.loads(output.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        _fail(UsageError(f"{output}: no such file"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        _fail(UsageError(f"{output}: not a JSON report: {e}"))
+    _request(state_dir, run_id, {"action": "complete", "task": task, "report": report, "note": note})
+
+
+@app.command()
+def retry(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    task: Annotated[str, typer.Argument(help="The task to queue again.")],
+    state_dir: StateDirOpt = Path("state"),
+) -> None:
+    """Put one task back in the queue (and the tasks skipped because of it)."""
+    _request(state_dir, run_id, {"action": "retry", "task": task})
+
+
+@app.command()
+def cancel(
+    run_id: Annotated[str | None, typer.Argument(help="The run (default: the newest).")] = None,
+    reason: Annotated[str | None, typer.Option("--reason")] = None,
+    state_dir: StateDirOpt = Path("state"),
+) -> None:
+    """Cancel a run: stop dispatching, stop running tasks; the run ends cancelled."""
+    _request(state_dir, run_id, {"action": "cancel", "note": reason})
+
+
 def main() -> None:
     try:
         app(standalone_mode=True)

@@ -143,7 +143,7 @@ def start(pipeline_path: Path, state_dir: store.StateDir, *, inputs: dict[str, s
         ])
         state = replay(store.scan_wal(run.wal).records)
         status = _drive(run, journal, defn, state, registry, reporter, opts)
-        return Outcome(rid, status)
+        return Outcome(rid, status, waiting_notes(state))
     finally:
         lock.release()
 
@@ -222,9 +222,23 @@ def resume(state_dir: store.StateDir, run_id: str | None, *, registry: Registry,
             status = asyncio.run(sched.drive())
         finally:
             journal.close()
-        return Outcome(run.run_id, status, notes)
+        return Outcome(run.run_id, status, notes + waiting_notes(state))
     finally:
         lock.release()
+
+
+def waiting_notes(state: RunState) -> list[str]:
+    """What a person must do for a paused run, one line per task."""
+    out = []
+    for t in state.tasks.values():
+        if t.status == "waiting_approval":
+            out.append(f"task '{t.id}' waits for approval: agentctl approve {state.run_id} {t.id}"
+                       f" (or agentctl reject {state.run_id} {t.id} --reason ...)")
+        elif t.status == "needs_review":
+            out.append(f"task '{t.id}' needs review ({t.reason}): agentctl complete "
+                       f"{state.run_id} {t.id} --output report.json, or agentctl retry "
+                       f"{state.run_id} {t.id}")
+    return out
 
 
 def _regenerate_outputs(run: store.RunDir, state: RunState) -> None:
@@ -258,3 +272,70 @@ def _kill_orphans(run: store.RunDir, state: RunState) -> int:
                 os.killpg(pid, signal.SIGKILL)
                 killed += 1
     return killed
+
+
+def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) -> str:
+    """Carry out a person's request (approve, reject, complete, retry, cancel) on a run.
+
+    With a live driver the request goes through ``control/`` and the driver logs it; with
+    none we hold the lock and log it ourselves. Returns the message for the person."""
+    from agentctl import control  # noqa: PLC0415
+    from agentctl.errors import LockHeld  # noqa: PLC0415
+
+    run = state_dir.run(run_id) if run_id else state_dir.newest()
+    lock = store.RunLock(run)
+    try:
+        lock.acquire()
+    except LockHeld:
+        answer = control.submit(run, req)
+        if answer is None:
+            raise StateError(f"the driver of run '{run.run_id}' did not answer within 10s; "
+                             "the request stays queued in control/ and is applied when it "
+                             "next reads it (or by `agentctl resume`)") from None
+        if not answer.get("ok"):
+            raise UsageError(str(answer.get("message")))
+        return str(answer.get("message"))
+    try:
+        scan = store.scan_wal(run.wal)
+        if scan.torn_bytes:
+            with open(run.wal, "r+b") as f:
+                f.truncate(scan.good_bytes)
+                os.fsync(f.fileno())
+        state = replay(scan.records)
+        defn = load_frozen(run)
+        schemas = {tid: defn.skills[s.skill].output_schema
+                   for tid, s in defn.pipeline.tasks.items() if s.skill in defn.skills}
+        records, message = control.decide(state, req, schemas, driver_alive=False)
+        if req.get("action") == "cancel":
+            _kill_orphans(run, state)
+            for t in state.tasks.values():
+                if t.status == "running":
+                    records.append({"type": "attempt_ended", "task": t.id, "attempt": t.attempt,
+                                    "outcome": "abandoned", "category": "cancelled",
+                                    "message": "the run was cancelled", "retry": True,
+                                    "counts": False})
+                if not t.settled:
+                    records.append({"type": "task_cancelled", "task": t.id,
+                                    "reason": "the run was cancelled"})
+            records.append({"type": "run_ended", "status": "cancelled", "reason": "cancelled by a person"})
+        journal = store.Journal(run, next_seq=state.seq + 1)
+        try:
+            journal.append(records)
+            for rec in records:
+                from agentctl.state import apply  # noqa: PLC0415
+
+                apply(state, rec)
+                if rec["type"] == "task_taken_over":
+                    store.makedirs(run.task_dir(rec["task"]))
+                    store.write_json_atomic(run.task_dir(rec["task"]) / "output.json", rec["report"])
+            data = state.to_dict()
+            data["wal_seq"] = journal.seq
+            data["wal_offset"] = journal.offset()
+            store.write_json_atomic(run.snapshot, data, durable=True)
+        finally:
+            journal.close()
+        if req.get("action") != "cancel" and state.status != "complete":
+            message += f"; continue with `agentctl resume {run.run_id}`"
+        return message
+    finally:
+        lock.release()

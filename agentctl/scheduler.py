@@ -76,6 +76,7 @@ class _Running:
     beat_sig: tuple[int, int] | None = None
     kill_reason: str | None = None
     kill_message: str = ""
+    superseded: bool = False  # a person took the task over while it ran
 
 
 @dataclass
@@ -106,6 +107,8 @@ class Scheduler:
         self._running: dict[str, _Running] = {}
         self._backoff: dict[str, float] = {}
         self._interrupt: str | None = None
+        self._budget_stop: str | None = None
+        self._last_control = -1.0
         self._last_snapshot = 0.0
         self._last_beat = 0.0
         self._graph = {t.id: t.needs for t in state.tasks.values()}
@@ -189,7 +192,8 @@ class Scheduler:
                 self._beat_driver()
                 self.reporter.tick(self.state)
                 self.snapshot()
-            return self._end(self._final_status())
+            status = self._final_status()
+            return self._end(status, self._budget_stop if status == "budget_exceeded" else None)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -199,14 +203,59 @@ class Scheduler:
         if not self._interrupt:
             self._interrupt = reason
 
-    def poll_control(self) -> None:
-        """Hook for requests from other processes (cancel, approvals)."""
+    def poll_control(self, *, force: bool = False) -> None:
+        """Carry out requests that people dropped into ``control/`` (see control.py)."""
+        now = self.clock()
+        if not force and now - self._last_control < self.opt.tick_s:
+            return
+        self._last_control = now
+        from agentctl import control  # noqa: PLC0415
+
+        requests = control.pending_requests(self.run)
+        if not requests:
+            return
+        schemas = {tid: (self.defn.skills[s.skill].output_schema if s.skill in self.defn.skills else None)
+                   for tid, s in self.defn.pipeline.tasks.items() if s.skill}
+        answers = []
+        for path, req in requests:
+            if req is None:
+                answers.append((path, False, "unreadable request"))
+                continue
+            try:
+                records, message = control.decide(self.state, req, schemas, driver_alive=True)
+            except Exception as e:  # a bad request must not stop the run
+                answers.append((path, False, str(e)))
+                continue
+            for rec in records:
+                self.emit(rec)
+                self._on_control(rec, req)
+            self.commit()  # durable before the person is told
+            answers.append((path, True, message))
+        for path, ok, message in answers:
+            control.answer(path, ok, message)
+
+    def _on_control(self, rec: dict[str, Any], req: dict[str, Any]) -> None:
+        kind = rec["type"]
+        if kind == "cancel_requested":
+            self.interrupt("cancelled")
+        elif kind == "task_taken_over" and rec["task"] in self._running:
+            r = self._running[rec["task"]]
+            r.superseded = True
+            r.kill_reason = "cancelled"
+            r.kill_message = f"superseded: completed by {rec.get('by')}"
+            r.future.cancel()
+        elif kind == "task_taken_over":
+            self._outputs.append(rec["task"])
 
     # ------------------------------------------------------------------ picking
 
     def _pick(self, now: float) -> list[str]:
         free = self.opt.concurrency - len(self._running)
         if free <= 0:
+            return []
+        over = self._over_budget()
+        if over:
+            self._budget_stop = over
             return []
         tasks = self.state.tasks
         # Waves in order: a task may start once every task of the waves before it is settled
@@ -224,9 +273,29 @@ class Scheduler:
             if self._backoff.get(t.id, 0.0) > now:
                 continue
             if all(tasks[n].status == TaskStatus.COMPLETE.value for n in t.needs):
+                if not t.approved and t.id in self.defn.pipeline.tasks and self.defn.needs_approval(t.id):
+                    # A person decides; other branches go on meanwhile.
+                    self.emit({"type": "task_waiting_approval", "task": t.id})
+                    continue
                 self._backoff.pop(t.id, None)
                 out.append(t.id)
         return out
+
+    # ------------------------------------------------------------------ budget
+
+    def _limits(self) -> tuple[float | None, int | None]:
+        b = self.defn.pipeline.limits.budget
+        usd = self.state.options.get("budget_usd", b.usd)
+        tokens = self.state.options.get("budget_tokens", b.tokens)
+        return usd, tokens
+
+    def _over_budget(self) -> str | None:
+        usd, tokens = self._limits()
+        if usd is not None and self.state.cost_usd >= usd:
+            return f"spent ${self.state.cost_usd:.4f} of a ${usd:g} budget"
+        if tokens is not None and self.state.tokens >= tokens:
+            return f"used {self.state.tokens} of a {tokens}-token budget"
+        return None
 
     def _skip_unreachable(self) -> None:
         """Skip pending tasks whose needs have settled without completing (for instance
@@ -345,7 +414,20 @@ class Scheduler:
         )
 
     def _budget_left(self, tid: str) -> tuple[float | None, int | None]:
-        return None, None
+        """What this attempt may spend: the least of the run's and the task's remainders."""
+        usd, tokens = self._limits()
+        left_usd = None if usd is None else usd - self.state.cost_usd
+        left_tok = None if tokens is None else tokens - self.state.tokens
+        spec = self.defn.pipeline.tasks.get(tid)
+        t = self.state.tasks[tid]
+        if spec is not None and spec.budget is not None:
+            if spec.budget.usd is not None:
+                mine = spec.budget.usd - t.cost_usd
+                left_usd = mine if left_usd is None else min(left_usd, mine)
+            if spec.budget.tokens is not None:
+                mine_t = spec.budget.tokens - t.tokens
+                left_tok = mine_t if left_tok is None else min(left_tok, mine_t)
+        return left_usd, left_tok
 
     def _beater(self, tid: str, path: Path) -> Callable[[], None]:
         last = [0.0]
@@ -367,6 +449,9 @@ class Scheduler:
             # Durable before the response is used: a resume reuses it instead of paying again.
             self.emit({"type": "llm_call", "task": tid, "attempt": n, **call})
             self.commit()
+            over = self._over_budget()
+            if over and not self._budget_stop:
+                self._budget_stop = over  # stop dispatching; running tasks may end
 
         return record
 
@@ -422,6 +507,12 @@ class Scheduler:
         del self._running[r.task_id]
         t = self.state.tasks[r.task_id]
         duration = round(self.clock() - r.started, 3)
+        if r.superseded:
+            self.emit({"type": "attempt_ended", "task": t.id, "attempt": r.attempt,
+                       "outcome": "abandoned", "category": "cancelled", "message": r.kill_message,
+                       "superseded": True, "duration_s": duration})
+            self._outputs.append(t.id)
+            return
         if r.future.cancelled():
             outcome = Outcome(category=r.kill_reason or "cancelled",
                               message=r.kill_message or "stopped", retryable=r.kill_reason in ("timeout", "stale"))
@@ -488,6 +579,11 @@ class Scheduler:
             del self._running[r.task_id]
             t = self.state.tasks[r.task_id]
             self.abandon(t, f"stopped: run {self._interrupt}", category="cancelled")
+        if self._interrupt == "cancelled":
+            review = {r["task"] for r in self._batch if r["type"] == "task_needs_review"}
+            for t in self.state.tasks.values():
+                if not t.settled and t.id not in review and t.status != TaskStatus.NEEDS_REVIEW.value:
+                    self.emit({"type": "task_cancelled", "task": t.id, "reason": "the run was cancelled"})
         self.commit()
 
     def abandon(self, t: TaskState, why: str, *, category: str = "crashed") -> None:
@@ -508,6 +604,8 @@ class Scheduler:
 
     def _final_status(self) -> str:
         statuses = [t.status for t in self.state.tasks.values()]
+        if self._budget_stop and any(s == TaskStatus.PENDING.value for s in statuses):
+            return "budget_exceeded"
         if any(s in PARKED for s in statuses):
             return "paused"
         if any(s != TaskStatus.COMPLETE.value for s in statuses):

@@ -14,6 +14,13 @@ Record types::
     llm_call         task attempt call request_hash response tokens cost_usd model latency_s
     task_skipped     task reason
     task_needs_review task reason
+    task_waiting_approval task
+    approval         task decision(approved|rejected) by [note]
+    task_taken_over  task report by [note]          (a person supplied the report)
+    task_reset       task by reason                 (retry by a person, --retry-failed)
+    task_cancelled   task reason
+    cancel_requested by reason
+    run_options      options                        (e.g. a raised budget on resume)
     run_ended        status [reason]
 """
 
@@ -60,6 +67,7 @@ class TaskState:
     tokens: int = 0
     cost_usd: float = 0.0
     calls: dict[str, dict[str, Any]] = field(default_factory=dict)  # request_hash -> response
+    approved: bool = False
 
     @property
     def attempt(self) -> int:
@@ -88,6 +96,7 @@ class RunState:
     seq: int = 0
     tokens: int = 0
     cost_usd: float = 0.0
+    cancel_requested: bool = False
 
     # ------------------------------------------------------------------ views
 
@@ -154,6 +163,9 @@ def apply(state: RunState, rec: dict[str, Any]) -> None:
     if kind == "run_options":
         state.options.update(rec.get("options", {}))
         return
+    if kind == "cancel_requested":
+        state.cancel_requested = True
+        return
 
     task = state.tasks[rec["task"]]
     if kind == "attempt_started":
@@ -167,6 +179,14 @@ def apply(state: RunState, rec: dict[str, Any]) -> None:
         task.ended_at = None
     elif kind == "attempt_ended":
         att = task.attempts[rec["attempt"] - 1]
+        if rec.get("superseded"):
+            # A person took the task over while this attempt ran: the attempt ends, the
+            # task keeps the person's decision.
+            att.ended_at = at
+            att.outcome = rec["outcome"]
+            att.category = rec.get("category")
+            att.message = rec.get("message")
+            return
         att.ended_at = at
         att.outcome = rec["outcome"]
         att.category = rec.get("category")
@@ -216,6 +236,28 @@ def apply(state: RunState, rec: dict[str, Any]) -> None:
         task.status = TaskStatus.NEEDS_REVIEW.value
         task.reason = rec.get("reason")
         task.error = {"category": "crashed", "message": rec.get("reason", "")}
+    elif kind == "task_waiting_approval":
+        task.status = TaskStatus.WAITING_APPROVAL.value
+    elif kind == "approval":
+        if rec["decision"] == "approved":
+            task.approved = True
+            if task.status == TaskStatus.WAITING_APPROVAL.value:
+                task.status = TaskStatus.PENDING.value
+        else:
+            task.status = TaskStatus.FAILED.value
+            task.error = {"category": "rejected",
+                          "message": f"rejected by {rec.get('by')}: {rec.get('note', '')}"}
+            task.ended_at = at
+    elif kind == "task_taken_over":
+        task.status = TaskStatus.COMPLETE.value
+        task.report = rec["report"]
+        task.error = None
+        task.reason = f"completed by {rec.get('by')}"
+        task.ended_at = at
+    elif kind == "task_cancelled":
+        task.status = TaskStatus.CANCELLED.value
+        task.error = {"category": "cancelled", "message": rec.get("reason", "cancelled")}
+        task.ended_at = at
     elif kind == "task_reset":
         task.status = TaskStatus.PENDING.value
         task.error = None

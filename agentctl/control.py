@@ -1,0 +1,162 @@
+"""People in the loop: approve, reject, complete (takeover), retry, cancel.
+
+The driver is the single writer of a run's WAL, so a request from another terminal is a
+file dropped into ``control/`` (atomically); the driver reads it within a tick, logs the
+decision in the WAL (who, when, the note) and answers in ``<request>.done``. When no driver
+holds the run, the command takes the lock and writes the WAL itself. Either way the same
+``decide`` turns a request into records, so the rules live in one place.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from agentctl import store
+from agentctl.errors import LockHeld, UsageError
+from agentctl.planning import dependents
+from agentctl.reports import validate_report
+from agentctl.state import RunState, TaskState
+
+ACTIONS = ("approve", "reject", "complete", "retry", "cancel")
+TAKEOVER_FROM = {"pending", "failed", "stale", "blocked", "skipped", "needs_review",
+                 "waiting_approval", "cancelled", "running"}
+
+
+def user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers)
+        return str(os.getuid())
+
+
+def _task(state: RunState, tid: str | None) -> TaskState:
+    if not tid or tid not in state.tasks:
+        known = ", ".join(list(state.tasks)[:10])
+        raise UsageError(f"run '{state.run_id}' has no task '{tid}' (tasks: {known})")
+    return state.tasks[tid]
+
+
+def _unskip(state: RunState, tid: str, who: str) -> list[dict[str, Any]]:
+    """Tasks skipped because ``tid`` did not complete go back to pending."""
+    graph = {t.id: t.needs for t in state.tasks.values()}
+    out = []
+    for dep in dependents(graph, tid):
+        t = state.tasks[dep]
+        if t.status == "skipped" and (t.error or {}).get("category") == "upstream_failed":
+            out.append({"type": "task_reset", "task": dep, "by": who,
+                        "reason": f"'{tid}' was taken over or retried"})
+    return out
+
+
+def decide(state: RunState, req: dict[str, Any], output_schemas: dict[str, Any],
+           *, driver_alive: bool) -> tuple[list[dict[str, Any]], str]:
+    """A request -> the WAL records that carry it out, and a message for the person.
+    Raises UsageError when the request does not fit the run's state."""
+    action = req.get("action")
+    who = req.get("user") or user()
+    note = req.get("note")
+    tid = req.get("task")
+    if action == "cancel":
+        return ([{"type": "cancel_requested", "by": who, "reason": note or "cancelled by a person"}],
+                f"run {state.run_id}: cancel requested by {who}")
+    t = _task(state, tid)
+    if action in ("approve", "reject"):
+        if t.status not in ("waiting_approval", "pending"):
+            raise UsageError(f"task '{t.id}' is {t.status}; only a task waiting for approval "
+                             "(or not yet reached) can be approved or rejected")
+        if action == "approve":
+            rec = {"type": "approval", "task": t.id, "decision": "approved", "by": who}
+            if note:
+                rec["note"] = note
+            return [rec], f"approved '{t.id}'"
+        if not note:
+            raise UsageError("reject needs --reason")
+        return ([{"type": "approval", "task": t.id, "decision": "rejected", "by": who,
+                  "note": note}], f"rejected '{t.id}': {note}")
+    if action == "complete":
+        if t.status not in TAKEOVER_FROM:
+            raise UsageError(f"task '{t.id}' is {t.status}; a person can complete a pending, "
+                             "failed, stale, blocked, skipped or needs_review task")
+        if t.status == "running" and driver_alive and not req.get("stale"):
+            raise UsageError(f"task '{t.id}' is running and alive; cancel it or wait until it "
+                             "is stale")
+        report, problems = validate_report(req.get("report"), output_schemas.get(t.id))
+        if report is None:
+            raise UsageError(f"the report for '{t.id}' does not validate: " + "; ".join(problems))
+        if report["status"] != "COMPLETE":
+            raise UsageError("a takeover report must have status COMPLETE")
+        rec: dict[str, Any] = {"type": "task_taken_over", "task": t.id, "report": report, "by": who}
+        if note:
+            rec["note"] = note
+        return [rec, *_unskip(state, t.id, who)], f"'{t.id}' completed by {who}"
+    if action == "retry":
+        if t.status in ("complete", "running") and not (t.status == "running" and not driver_alive):
+            raise UsageError(f"task '{t.id}' is {t.status}; retry takes a task that did not complete")
+        return ([{"type": "task_reset", "task": t.id, "by": who, "reason": note or "retry by a person"},
+                 *_unskip(state, t.id, who)], f"'{t.id}' is queued again")
+    raise UsageError(f"unknown action '{action}'")
+
+
+# --------------------------------------------------------------------------- the wire
+
+
+def submit(run: store.RunDir, req: dict[str, Any], *, wait_s: float = 10.0) -> dict[str, Any] | None:
+    """Drop a request for the live driver and wait for its answer (None: no answer)."""
+    store.makedirs(run.control)
+    name = f"{time.time_ns():020d}-{secrets.token_hex(3)}.json"
+    path = run.control / name
+    store.write_json_atomic(path, req)
+    done = run.control / (name + ".done")
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if done.exists():
+            try:
+                answer: dict[str, Any] = json.loads(done.read_text())
+            except ValueError:
+                time.sleep(0.05)
+                continue
+            done.unlink(missing_ok=True)
+            return answer
+        time.sleep(0.05)
+    return None
+
+
+def pending_requests(run: store.RunDir) -> list[tuple[Path, dict[str, Any] | None]]:
+    try:
+        names = sorted(n for n in os.listdir(run.control) if n.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    out: list[tuple[Path, dict[str, Any] | None]] = []
+    for n in names:
+        p = run.control / n
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, ValueError):
+            data = None
+        out.append((p, data if isinstance(data, dict) else None))
+    return out
+
+
+def answer(path: Path, ok: bool, message: str) -> None:
+    store.write_json_atomic(path.with_name(path.name + ".done"), {"ok": ok, "message": message})
+    path.unlink(missing_ok=True)
+
+
+def withdraw(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def is_held(run: store.RunDir) -> bool:
+    lock = store.RunLock(run)
+    try:
+        lock.acquire()
+    except LockHeld:
+        return True
+    lock.release()
+    return False
