@@ -5,7 +5,11 @@ Promises:
 - aliases and anchors are refused as they are read, so an alias bomb costs nothing;
 - duplicate keys in a mapping are an error, not a silent overwrite;
 - every key and value has a (line, col), 1-based, for compiler-style messages;
-- input above ``MAX_BYTES`` is refused before parsing.
+- input above ``MAX_BYTES`` is refused before parsing, and nesting deeper than ``MAX_DEPTH``
+  is refused rather than recursed into;
+- a key is the text its author wrote (``on:`` stays ``"on"``, ``1:`` is ``"1"``), and a date
+  stays the string it was written as, so every value is plain JSON data;
+- every failure is a ``YamlError`` with a 1-based position where one is known.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 import yaml
 
 MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 64
 
 Path_ = tuple[str | int, ...]
 
@@ -50,15 +55,16 @@ class YamlError(Exception):
 
 
 class _NoAliasLoader(yaml.SafeLoader):
+    _depth = 0
+
     def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
             raise YamlError(
                 "YAML aliases (*name) are not allowed in agentctl files",
                 event.start_mark.line + 1,
                 event.start_mark.column + 1,
             )
-        event = self.peek_event()
         anchor = getattr(event, "anchor", None)
         if anchor is not None:
             raise YamlError(
@@ -66,7 +72,15 @@ class _NoAliasLoader(yaml.SafeLoader):
                 event.start_mark.line + 1,
                 event.start_mark.column + 1,
             )
-        return super().compose_node(parent, index)
+        # Refuse deep nesting here, before PyYAML's recursive composer can run out of stack.
+        if self._depth >= MAX_DEPTH:
+            raise YamlError(f"values are nested more than {MAX_DEPTH} levels deep",
+                            event.start_mark.line + 1, event.start_mark.column + 1)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _pos(node: yaml.Node) -> tuple[int, int]:
@@ -83,12 +97,8 @@ def _build(node: yaml.Node, path: Path_, out: Located, ctor: yaml.constructor.Sa
             if not isinstance(key_node, yaml.ScalarNode):
                 raise YamlError("mapping keys must be plain scalars", *_pos(key_node))
             key = ctor.construct_object(key_node)
-            if key is True and key_node.value in ("on", "On", "ON", "yes", "Yes", "YES", "y", "Y"):
-                # YAML 1.1 reads `on:` as True; keep what the author wrote.
-                key = key_node.value
-            if not isinstance(key, str | int | float | bool) and key is not None:
-                raise YamlError("mapping keys must be strings", *_pos(key_node))
-            skey = key if isinstance(key, str) else str(key)
+            # YAML 1.1 reads `on:` as True and `1:` as an int; keep what the author wrote.
+            skey = key if isinstance(key, str) else key_node.value
             if skey in result:
                 line, col = _pos(key_node)
                 first = out.key_positions.get((*path, skey))
@@ -99,7 +109,13 @@ def _build(node: yaml.Node, path: Path_, out: Located, ctor: yaml.constructor.Sa
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, (*path, i), out, ctor) for i, item in enumerate(node.value)]
-    return ctor.construct_object(node)
+    if node.tag == "tag:yaml.org,2002:timestamp":
+        # A date is data, not a datetime: keep the text so that it serialises as written.
+        return node.value
+    value = ctor.construct_object(node)
+    if isinstance(value, bytes):
+        raise YamlError("binary values (!!binary) are not allowed", *_pos(node))
+    return value
 
 
 def load(text: str | bytes) -> Located:
@@ -114,7 +130,10 @@ def load(text: str | bytes) -> Located:
             raise YamlError(f"file is not valid UTF-8 (byte {e.start})", line, 1) from None
     if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
         raise YamlError(f"file is larger than {MAX_BYTES // 1024} KiB; refusing to parse it", 1, 1)
-    loader = _NoAliasLoader(text)
+    try:
+        loader = _NoAliasLoader(text)
+    except yaml.reader.ReaderError as e:
+        raise _reader_error(e, text) from None
     out = Located(data=None)
     try:
         node = loader.get_single_node()
@@ -124,13 +143,26 @@ def load(text: str | bytes) -> Located:
         return out
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        msg = " ".join(x for x in (e.context, e.problem) if x) or "invalid YAML"
+        msg = e.problem or e.context or "invalid YAML"
+        if e.problem and e.context:
+            msg += f" ({e.context})"
         if mark is not None:
             raise YamlError(f"invalid YAML: {msg}", mark.line + 1, mark.column + 1) from None
         raise YamlError(f"invalid YAML: {msg}") from None
+    except yaml.reader.ReaderError as e:
+        raise _reader_error(e, text) from None
     except yaml.YAMLError as e:
-        raise YamlError(f"invalid YAML: {e}") from None
+        raise YamlError(f"invalid YAML: {' '.join(str(e).split())}") from None
     except RecursionError:
         raise YamlError("YAML is nested too deeply") from None
     finally:
         loader.dispose()
+
+
+def _reader_error(e: yaml.reader.ReaderError, text: str) -> YamlError:
+    """PyYAML's reader reports an offset; turn it into a line and column."""
+    pos = e.position if isinstance(e.position, int) else 0
+    line = text.count("\n", 0, pos) + 1
+    col = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return YamlError(f"control character U+{e.character:04X} is not allowed in YAML "
+                     "(write it as an escape in a double-quoted string)", line, col)
