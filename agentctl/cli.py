@@ -333,6 +333,24 @@ def cancel(
     _request(state_dir, run_id, {"action": "cancel", "note": reason})
 
 
+@app.command()
+def logs(
+    run_id: Annotated[str | None, typer.Argument(help="The run (default: the newest).")] = None,
+    task: Annotated[str | None, typer.Argument(help="One task: its packet, prompt, model calls, output and report.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records until the run ends.")] = False,
+    state_dir: StateDirOpt = Path("state"),
+) -> None:
+    """A run's history from its WAL, or everything one task saw and returned. Never takes the lock."""
+    from agentctl import logs as logs_  # noqa: PLC0415
+
+    try:
+        logs_.command(_state_dir(state_dir), run_id, task, follow_=follow, out=sys.stdout, err=_err)
+    except AgentctlError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 def main() -> None:
     try:
         app(standalone_mode=True)

@@ -1,0 +1,535 @@
+"""``agentctl logs``: a run's history from its WAL, and everything one task saw and said.
+
+Read-only: nothing here takes the run's lock or writes a file, so it is safe beside a live
+driver. The WAL is read from byte 0 (history is the point); a torn tail left by a writer in
+mid-append is simply not shown yet.
+
+Everything printed that came from an agent, a model or a person (messages, reports, logs) is
+untrusted text: ``clean`` escapes terminal control characters and bidi overrides, so an agent
+cannot move the cursor, recolour the terminal or disguise text. No rich markup is used.
+
+The reader (``RunLog``) is shared with ``report_html`` and ``trace``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from agentctl import store
+from agentctl.errors import UsageError
+from agentctl.state import RunState, apply
+
+# Files of an attempt directory shown in their own sections; any other file (for instance
+# the llm runner's record of an exchange) is shown after them, by name.
+KNOWN_ATTEMPT_FILES = ("prompt.md", "stdout.log", "stderr.log", "report.json", "pid")
+SHOW_CAP = 64 * 1024  # bytes of one file shown inline; the rest is named, not printed
+ONE_LINE_CAP = 300
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: str, *, one_line: bool = False) -> str:
+    """Untrusted text made safe to print: control characters become visible escapes."""
+    if one_line:
+        text = text.replace("\r\n", "\n").replace("\n", " ⏎ ").replace("\t", " ")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", text)
+
+
+def short(text: str, cap: int = ONE_LINE_CAP) -> str:
+    text = clean(text, one_line=True)
+    return text if len(text) <= cap else text[: cap - 1] + "…"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def tolerant_replay(records: list[dict[str, Any]]) -> RunState:
+    """``state.replay`` that survives records it does not understand (a newer agentctl's,
+    or a half-written run): a view must never crash on them."""
+    state = RunState()
+    for rec in records:
+        try:
+            apply(state, rec)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            continue
+    return state
+
+
+@dataclass
+class AttemptLog:
+    """The WAL records of one attempt."""
+
+    n: int
+    started: dict[str, Any] | None = None
+    ended: dict[str, Any] | None = None
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    other: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def model(self) -> str | None:
+        for c in reversed(self.calls):
+            if c.get("model"):
+                return str(c["model"])
+        m = (self.started or {}).get("model")
+        return str(m) if m else None
+
+    @property
+    def tokens(self) -> int:
+        return _int((self.ended or {}).get("tokens")) + sum(_int(c.get("tokens")) for c in self.calls)
+
+    @property
+    def cost_usd(self) -> float:
+        return _float((self.ended or {}).get("cost_usd")) + sum(_float(c.get("cost_usd")) for c in self.calls)
+
+
+class RunLog:
+    """A run's records, its replayed state, and its records grouped by task and attempt."""
+
+    def __init__(self, run: store.RunDir, records: list[dict[str, Any]]) -> None:
+        self.run = run
+        self.records = records
+        self.state = tolerant_replay(records)
+        self.spec: dict[str, dict[str, Any]] = {}
+        self.by_task: dict[str, list[dict[str, Any]]] = {}
+        for rec in records:
+            if rec.get("type") == "run_started":
+                for t in rec.get("tasks") or []:
+                    if isinstance(t, dict) and isinstance(t.get("id"), str):
+                        self.spec[t["id"]] = t
+            tid = rec.get("task")
+            if isinstance(tid, str):
+                self.by_task.setdefault(tid, []).append(rec)
+
+    @classmethod
+    def read(cls, run: store.RunDir) -> RunLog:
+        return cls(run, store.scan_wal(run.wal).records)
+
+    def task_ids(self) -> list[str]:
+        ids = list(self.spec)
+        ids += [t for t in self.by_task if t not in self.spec]
+        return ids
+
+    def attempts(self, tid: str) -> list[AttemptLog]:
+        out: dict[int, AttemptLog] = {}
+        for rec in self.by_task.get(tid, []):
+            n = rec.get("attempt")
+            if not isinstance(n, int):
+                continue
+            a = out.setdefault(n, AttemptLog(n))
+            kind = rec.get("type")
+            if kind == "attempt_started":
+                a.started = rec
+            elif kind == "attempt_ended":
+                a.ended = rec
+            elif kind == "llm_call":
+                a.calls.append(rec)
+            else:
+                a.other.append(rec)
+        return [out[n] for n in sorted(out)]
+
+    def task_events(self, tid: str) -> list[dict[str, Any]]:
+        """Records about a task that belong to no attempt (skips, approvals, takeovers...)."""
+        return [r for r in self.by_task.get(tid, []) if not isinstance(r.get("attempt"), int)]
+
+    def skill_file(self, skill: str | None) -> Path | None:
+        """The frozen copy of a skill, as the run used it."""
+        if not skill:
+            return None
+        base = self.run.definition / "skills"
+        for p in (base / skill / "SKILL.md", base / f"{skill}.md"):
+            if p.is_file():
+                return p
+        return None
+
+
+def resolve_run(state_dir: store.StateDir, run_id: str | None) -> store.RunDir:
+    return state_dir.run(run_id) if run_id else state_dir.newest()
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+# --------------------------------------------------------------------------- history lines
+
+_HIDDEN = {"seq", "at", "type", "crc", "task", "attempt"}
+_EVENT = {
+    "run_started": "run", "driver_started": "driver", "attempt_started": "start",
+    "llm_call": "call", "task_skipped": "skipped", "task_needs_review": "review",
+    "task_waiting_approval": "waiting", "approval": "approval", "task_taken_over": "takeover",
+    "task_reset": "reset", "task_cancelled": "cancelled", "cancel_requested": "cancel",
+    "run_options": "options", "run_ended": "end",
+}
+
+
+def clock(at: Any) -> str:
+    """``2026-01-02T03:04:05.678Z`` -> ``03:04:05.678``."""
+    s = str(at or "")
+    return s[11:23] if len(s) >= 19 and s[10] == "T" else (s or "?")
+
+
+def money(usd: float) -> str:
+    return f"${usd:.4f}" if usd < 100 else f"${usd:,.2f}"
+
+
+def _kv(rec: dict[str, Any], skip: set[str] = _HIDDEN) -> str:
+    parts = []
+    for k, v in rec.items():
+        if k in skip or v is None:
+            continue
+        val = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+        parts.append(f"{k}={short(val, 120)}")
+    return " ".join(parts)
+
+
+def _usage(rec: dict[str, Any]) -> str:
+    out = []
+    if _int(rec.get("tokens")):
+        out.append(f"tokens={_int(rec.get('tokens'))}")
+    if _float(rec.get("cost_usd")):
+        out.append(money(_float(rec.get("cost_usd"))))
+    return " ".join(out)
+
+
+def describe(rec: dict[str, Any]) -> tuple[str, str]:
+    """(event word, the rest of the line) for one record; unknown types generically."""
+    kind = str(rec.get("type", "?"))
+    r = rec
+    if kind == "run_started":
+        tasks = r.get("tasks") or []
+        return "run", (f"started {str(r.get('at', ''))[:10]} pipeline={short(str(r.get('pipeline')))} "
+                       f"tasks={len(tasks)} run={short(str(r.get('run_id')))}")
+    if kind == "driver_started":
+        return "driver", f"{short(str(r.get('mode', '?')))} pid={r.get('pid')} host={short(str(r.get('host')))}"
+    if kind == "attempt_started":
+        return "start", f"model={short(str(r['model']))}" if r.get("model") else ""
+    if kind == "attempt_ended":
+        word = str(r.get("outcome", "ended"))
+        bits = []
+        if isinstance(r.get("duration_s"), int | float):
+            bits.append(f"{r['duration_s']:.2f}s")
+        if _usage(r):
+            bits.append(_usage(r))
+        details = r.get("details")
+        if isinstance(details, dict) and "exit_code" in details:
+            bits.append(f"exit={details['exit_code']}")
+        if r.get("category"):
+            bits.append(f"[{short(str(r['category']), 40)}] {short(str(r.get('message') or ''))}")
+        elif isinstance(r.get("report"), dict) and r["report"].get("summary"):
+            bits.append(short(str(r["report"]["summary"]), 120))
+        if r.get("retry") and word != "complete":
+            bits.append("(will retry)")
+        if r.get("superseded"):
+            bits.append("(superseded)")
+        return word, " ".join(bits)
+    if kind == "llm_call":
+        bits = [f"model={short(str(r.get('model')))}"] if r.get("model") else []
+        if _usage(r):
+            bits.append(_usage(r))
+        if isinstance(r.get("latency_s"), int | float):
+            bits.append(f"latency={r['latency_s']:.2f}s")
+        if r.get("request_hash"):
+            bits.append(f"request={str(r['request_hash'])[:12]}")
+        return "call", " ".join(bits)
+    if kind in ("task_skipped", "task_needs_review", "task_cancelled"):
+        cat = f"[{short(str(r['category']), 40)}] " if r.get("category") else ""
+        return _EVENT[kind], cat + short(str(r.get("reason") or ""))
+    if kind == "approval":
+        note = f": {short(str(r['note']))}" if r.get("note") else ""
+        return "approval", f"{short(str(r.get('decision')))} by {short(str(r.get('by')))}{note}"
+    if kind == "task_taken_over":
+        rep: dict[str, Any] = r["report"] if isinstance(r.get("report"), dict) else {}
+        return "takeover", (f"report supplied by {short(str(r.get('by')))}"
+                            + (f": {short(str(rep.get('summary')), 120)}" if rep.get("summary") else ""))
+    if kind == "run_ended":
+        reason = f" ({short(str(r['reason']))})" if r.get("reason") else ""
+        return "end", f"status={short(str(r.get('status')))}{reason}"
+    return _EVENT.get(kind, short(kind, 40)), _kv(r)
+
+
+def history_line(rec: dict[str, Any], task_width: int = 16) -> str:
+    word, rest = describe(rec)
+    who = ""
+    if isinstance(rec.get("task"), str):
+        who = short(rec["task"], 60)
+        if isinstance(rec.get("attempt"), int):
+            who += f"#{rec['attempt']}"
+    line = f"{clock(rec.get('at'))}  {word:<9} {who:<{task_width}} {rest}"
+    return line.rstrip()
+
+
+def task_width(records: list[dict[str, Any]]) -> int:
+    ids = [t.get("id", "") for r in records if r.get("type") == "run_started"
+           for t in (r.get("tasks") or []) if isinstance(t, dict)]
+    return min(32, max([len(str(i)) + 3 for i in ids] + [8]))
+
+
+def history(records: list[dict[str, Any]], task: str | None = None) -> Iterator[str]:
+    width = task_width(records)
+    for rec in records:
+        if task is None or rec.get("task") == task or rec.get("type") in ("run_started", "run_ended"):
+            yield history_line(rec, width)
+
+
+# --------------------------------------------------------------------------- one task
+
+
+def _read_text(path: Path, cap: int = SHOW_CAP) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            if size > cap:
+                f.seek(size - cap)
+                head = f"[showing the last {cap // 1024} KiB of {size} bytes; the whole file is {path}]\n"
+            else:
+                f.seek(0)
+                head = ""
+            data = f.read()
+    except OSError:
+        return None
+    return head + clean(data.decode("utf-8", "replace"))
+
+
+def pretty(value: Any) -> str:
+    return clean(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def _json_file(path: Path) -> str | None:
+    text = _read_text(path)
+    if text is None:
+        return None
+    try:
+        return pretty(json.loads(path.read_bytes())) if path.stat().st_size <= SHOW_CAP else text
+    except (ValueError, OSError):
+        return text
+
+
+def _exchange(path: Path) -> str | None:
+    """A JSON file of an llm exchange, with its messages laid out as a conversation."""
+    try:
+        if path.stat().st_size > SHOW_CAP:
+            return _read_text(path)
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return _read_text(path)
+    msgs = _find_messages(data)
+    if not msgs:
+        return pretty(data)
+    out = []
+    rest = {k: v for k, v in data.items() if k != "messages"} if isinstance(data, dict) else {}
+    if rest:
+        out.append(pretty(rest))
+    for m in msgs:
+        role = short(str(m.get("role", "?")), 20)
+        content = m.get("content")
+        body = content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False)
+        out.append(f"[{role}]\n{clean(body)}")
+    return "\n".join(out)
+
+
+def _find_messages(data: Any) -> list[dict[str, Any]]:
+    if isinstance(data, dict):
+        for key in ("messages", "request"):
+            v = data.get(key)
+            if isinstance(v, list) and v and all(isinstance(m, dict) and "role" in m for m in v):
+                return v
+            if isinstance(v, dict):
+                found = _find_messages(v)
+                if found:
+                    return found
+    return []
+
+
+def task_sections(log: RunLog, tid: str) -> Iterator[tuple[str, str]]:
+    """(heading, body) pairs: everything about one task, in the order it happened."""
+    run = log.run
+    spec = log.spec.get(tid, {})
+    t = log.state.tasks.get(tid)
+    head = [f"task {tid}"]
+    if spec:
+        head.append(f"wave {spec.get('wave')} · runner {spec.get('runner')} · effects "
+                    f"{spec.get('effects')}" + (f" · skill {spec['skill']}" if spec.get("skill") else ""))
+        if spec.get("needs"):
+            head.append("needs " + ", ".join(map(str, spec["needs"])))
+    if t is not None:
+        line = f"status {t.status} · attempts {t.attempt}"
+        if t.tokens or t.cost_usd:
+            line += f" · tokens {t.tokens} · {money(t.cost_usd)}"
+        head.append(line)
+        if t.error:
+            head.append(f"error [{t.error.get('category')}] {clean(str(t.error.get('message')))}")
+        elif t.reason:
+            head.append(f"note {clean(t.reason)}")
+    yield "", "\n".join(short(h, 400) if i < len(head) - 1 else h for i, h in enumerate(head))
+
+    tdir = run.task_dir(tid)
+    packet = _json_file(tdir / "input.json")
+    yield f"context packet ({tdir / 'input.json'})", packet if packet is not None else "(none: the task never started)"
+
+    for ev in log.task_events(tid):
+        yield "", history_line(ev, 0)
+
+    last_report: Any = None
+    for a in log.attempts(tid):
+        adir = run.attempt_dir(tid, a.n)
+        title = f"attempt {a.n}"
+        if a.started:
+            title += f" · started {clock(a.started.get('at'))}"
+        if a.ended:
+            word, rest = describe(a.ended)
+            title += f" · {word} {clock(a.ended.get('at'))} {rest}".rstrip()
+        else:
+            title += " · no end recorded (running, or the driver stopped)"
+        if a.model:
+            title += f" · model {clean(a.model)}"
+        yield f"{short(title, 600)}", f"directory {adir}"
+        prompt = _read_text(adir / "prompt.md")
+        if prompt is not None:
+            yield f"prompt ({adir / 'prompt.md'})", prompt
+        for i, c in enumerate(a.calls, 1):
+            _w, rest = describe(c)
+            yield f"model call {i}: {rest}", _call_body(c)
+        for name in _extra_files(adir):
+            body = _exchange(adir / name) if name.endswith(".json") else _read_text(adir / name)
+            if body is not None:
+                yield f"{name} ({adir / name})", body
+        for name in ("stdout.log", "stderr.log"):
+            text = _read_text(adir / name)
+            if text is not None:
+                yield f"{name.split('.')[0]} ({adir / name})", text if text else "(empty)"
+        report = (a.ended or {}).get("report")
+        if report is not None:
+            last_report = report
+            yield f"report of attempt {a.n}", pretty(report)
+        else:
+            raw = _json_file(adir / "report.json")
+            if raw is not None:
+                yield f"report file of attempt {a.n} ({adir / 'report.json'})", raw
+        for rec in a.other:
+            yield "", history_line(rec, 0)
+
+    out = _json_file(tdir / "output.json")
+    if out is not None:
+        if last_report is not None and out == pretty(last_report):
+            yield "", f"committed report: {tdir / 'output.json'} (the report above)"
+        else:
+            yield f"committed report ({tdir / 'output.json'})", out
+
+
+def _call_body(call: dict[str, Any]) -> str:
+    resp = call.get("response")
+    if resp is None:
+        return "(no response recorded)"
+    if isinstance(resp, dict):
+        for key in ("content", "text", "reply"):
+            if isinstance(resp.get(key), str):
+                rest = {k: v for k, v in resp.items() if k != key}
+                return (pretty(rest) + "\n" if rest else "") + "raw reply:\n" + clean(resp[key])
+    return pretty(resp)
+
+
+def _extra_files(adir: Path) -> list[str]:
+    try:
+        names = sorted(p.name for p in adir.iterdir() if p.is_file())
+    except OSError:
+        return []
+    return [n for n in names if n not in KNOWN_ATTEMPT_FILES and not n.startswith(".")]
+
+
+def task_text(log: RunLog, tid: str) -> str:
+    parts = []
+    for heading, body in task_sections(log, tid):
+        if heading:
+            parts.append(f"\n== {heading}")
+        parts.append(body.rstrip("\n"))
+    return "\n".join(parts).lstrip("\n") + "\n"
+
+
+# --------------------------------------------------------------------------- following
+
+
+def follow(run: store.RunDir, out: TextIO, *, task: str | None = None, poll_s: float = 0.5,
+           sleep: Callable[[float], None] = time.sleep,
+           driver_gone: Callable[[], bool] | None = None) -> str:
+    """Print the history, then new records as they are logged, until the run ends.
+
+    Returns why it stopped: ``ended`` (a run_ended record is the newest) or ``crashed`` (no
+    new record while ``driver_gone()`` says nobody drives the run, three polls in a row).
+    """
+    offset, seq, width = 0, 0, 16
+    quiet = 0
+    while True:
+        scan = store.scan_wal(run.wal, start=offset, start_seq=seq)
+        ended = False
+        for rec in scan.records:
+            if rec.get("type") == "run_started":
+                width = task_width([rec])
+            if task is None or rec.get("task") == task or rec.get("type") in ("run_started", "run_ended"):
+                out.write(history_line(rec, width) + "\n")
+            seq = rec["seq"]
+            # A paused run may be resumed, so only the newest record decides.
+            ended = rec.get("type") == "run_ended"
+        out.flush()
+        if scan.records:
+            offset, quiet = scan.good_bytes, 0
+            if ended:
+                return "ended"
+        else:
+            quiet += 1
+            if driver_gone is not None and quiet >= 3 and driver_gone():
+                return "crashed"
+        sleep(poll_s)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def command(state_dir: store.StateDir, run_id: str | None, task: str | None, *,
+            follow_: bool, out: TextIO, err: Callable[[str], None]) -> None:
+    """``agentctl logs``: raises AgentctlError for what a user can fix."""
+    run = resolve_run(state_dir, run_id)
+    log = RunLog.read(run)
+    if task is not None and task not in log.spec and task not in log.by_task:
+        raise unknown_task(run.run_id, task, log.task_ids())
+    if follow_:
+        from agentctl import views
+
+        def gone() -> bool:
+            info, age = run.read_driver()
+            return not store.driver_alive(info, age, views.DRIVER_BEAT_S)
+
+        why = follow(run, out, task=task, driver_gone=gone)
+        if why == "crashed":
+            err(f"agentctl: no driver is running run {run.run_id}; continue it with "
+                f"`agentctl resume {run.run_id}`")
+        return
+    if task is None:
+        for line in history(log.records):
+            out.write(line + "\n")
+    else:
+        out.write(task_text(log, task))
+    out.flush()
+
+
+def unknown_task(run_id: str, task: str, known: list[str]) -> UsageError:
+    close = difflib.get_close_matches(task, known, n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return UsageError(f"run {run_id} has no task '{task}'{hint}")
