@@ -351,6 +351,22 @@ def logs(
         raise typer.Exit(130) from None
 
 
+@app.command()
+def trace(
+    run_id: Annotated[str | None, typer.Argument(help="The run (default: the newest).")] = None,
+    task: Annotated[str | None, typer.Argument(help="One task (default: every failing task and the cause of each skip).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    state_dir: StateDirOpt = Path("state"),
+) -> None:
+    """From a failed run to the cause: model, skill and prompt hashes, category, exact error."""
+    from agentctl import trace as trace_  # noqa: PLC0415
+
+    try:
+        trace_.command(_state_dir(state_dir), run_id, task, as_json=as_json, out=sys.stdout)
+    except AgentctlError as e:
+        _fail(e)
+
+
 def main() -> None:
     try:
         app(standalone_mode=True)

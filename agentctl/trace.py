@@ -1,0 +1,254 @@
+"""``agentctl trace``: from a failed run to the cause in one command.
+
+For each failing task (failed, blocked, cancelled, needs review) and the root cause of each
+skipped one, it gathers what identifies the failure exactly: the model, the content hash of
+the frozen skill file the run used, the hash of the prompt the agent was sent, the failure
+category, the exact error text, and where to look next. Read-only, no lock, no litellm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from agentctl import store
+from agentctl.logs import RunLog, clean, clock, money, resolve_run, unknown_task
+
+FAILING = ("failed", "blocked", "cancelled", "needs_review", "stale")
+
+
+@dataclass
+class Trace:
+    task: str
+    status: str
+    category: str | None
+    message: str | None
+    wave: int | None
+    runner: str | None
+    attempts: int
+    model: str | None = None
+    skill: str | None = None
+    skill_file: str | None = None
+    skill_sha256: str | None = None
+    prompt_file: str | None = None
+    prompt_sha256: str | None = None
+    prompt_bytes: int | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)  # llm calls of the attempt
+    attempt_dir: str | None = None
+    attempt_files: list[str] = field(default_factory=list)
+    ended_at: str | None = None
+    duration_s: float | None = None
+    exit_code: int | None = None
+    earlier: list[str] = field(default_factory=list)  # one line per earlier attempt
+    caused_skips: list[str] = field(default_factory=list)
+    asked_for: str | None = None  # the skipped task the user named, when this is its cause
+
+
+def sha256_file(path: Path) -> str | None:
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def root_causes(log: RunLog, tid: str, seen: set[str] | None = None) -> list[str]:
+    """The tasks, not themselves skipped, whose failure made ``tid`` skipped; ``[tid]`` if
+    it was skipped for a reason of its own."""
+    seen = set() if seen is None else seen
+    seen.add(tid)
+    tasks = log.state.tasks
+    t = tasks.get(tid)
+    if t is None or t.status != "skipped":
+        return [tid]
+    out: list[str] = []
+    for n in t.needs:
+        need = tasks.get(n)
+        if need is None or need.status == "complete" or n in seen:
+            continue
+        for r in root_causes(log, n, seen) if need.status == "skipped" else [n]:
+            if r not in out:
+                out.append(r)
+    return out or [tid]
+
+
+def failing(log: RunLog) -> list[str]:
+    """Every task that failed on its own, in run order, then skipped tasks' causes."""
+    tasks = log.state.tasks
+    out = [tid for tid, t in tasks.items() if t.status in FAILING]
+    for tid, t in tasks.items():
+        if t.status == "skipped":
+            out += [r for r in root_causes(log, tid) if r not in out]
+    return out
+
+
+def trace_task(log: RunLog, tid: str) -> Trace:
+    spec = log.spec.get(tid, {})
+    t = log.state.tasks.get(tid)
+    err = (t.error if t else None) or {}
+    tr = Trace(task=tid, status=t.status if t else "unknown", category=err.get("category"),
+               message=err.get("message") or (t.reason if t else None),
+               wave=spec.get("wave"), runner=spec.get("runner"), attempts=t.attempt if t else 0)
+    tr.skill = spec.get("skill")
+    skill_path = log.skill_file(tr.skill)
+    if skill_path is not None:
+        tr.skill_file = str(skill_path)
+        tr.skill_sha256 = sha256_file(skill_path)
+    attempts = log.attempts(tid)
+    if attempts:
+        last = attempts[-1]
+        tr.model = last.model
+        adir = log.run.attempt_dir(tid, last.n)
+        tr.attempt_dir = str(adir)
+        try:
+            tr.attempt_files = sorted(p.name for p in adir.iterdir() if p.is_file())
+        except OSError:
+            tr.attempt_files = []
+        prompt = adir / "prompt.md"
+        tr.prompt_sha256 = sha256_file(prompt)
+        if tr.prompt_sha256 is not None:
+            tr.prompt_file = str(prompt)
+            tr.prompt_bytes = prompt.stat().st_size
+        for c in last.calls:
+            tr.requests.append({k: c.get(k) for k in ("request_hash", "model", "tokens",
+                                                     "cost_usd", "latency_s") if c.get(k) is not None})
+        ended = last.ended or {}
+        tr.ended_at = ended.get("at")
+        if isinstance(ended.get("duration_s"), int | float):
+            tr.duration_s = float(ended["duration_s"])
+        details = ended.get("details")
+        if isinstance(details, dict) and isinstance(details.get("exit_code"), int):
+            tr.exit_code = details["exit_code"]
+        for a in attempts[:-1]:
+            e = a.ended or {}
+            what = f"[{e.get('category')}] {e.get('message') or ''}" if e.get("category") else str(e.get("outcome", "no end recorded"))
+            tr.earlier.append(f"attempt {a.n}: {what}".rstrip())
+    tr.caused_skips = [s for s, st in log.state.tasks.items()
+                       if st.status == "skipped" and s != tid and tid in root_causes(log, s)]
+    return tr
+
+
+def collect(log: RunLog, task: str | None) -> list[Trace]:
+    if task is None:
+        return [trace_task(log, tid) for tid in failing(log)]
+    if task not in log.spec and task not in log.by_task:
+        raise unknown_task(log.run.run_id, task, log.task_ids())
+    out = [trace_task(log, task)]
+    for cause in root_causes(log, task):
+        if cause != task:
+            tr = trace_task(log, cause)
+            tr.asked_for = task
+            out.append(tr)
+    return out
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _indent(text: str, pad: str) -> str:
+    return text.replace("\n", "\n" + pad)
+
+
+def render(log: RunLog, traces: list[Trace], status: str | None = None) -> str:
+    st = log.state
+    done = st.count("complete")
+    lines = [f"run {st.run_id} ({st.pipeline}) {status or st.status} · {done}/{len(st.tasks)} complete · "
+             f"{st.tokens} tokens · {money(st.cost_usd)}"]
+    if st.definition_sha:
+        lines.append(f"pipeline sha256:{st.definition_sha}  ({log.run.definition / 'pipeline.yaml'})")
+    if not traces:
+        lines.append("nothing failed: no failed, blocked, cancelled or skipped tasks")
+        return "\n".join(lines) + "\n"
+    pad = " " * 11
+    for tr in traces:
+        lines.append("")
+        mark = "✓" if tr.status == "complete" else "✗" if tr.category or tr.status in FAILING else "·"
+        head = f"{mark} {clean(tr.task)}  {tr.status}"
+        if tr.category:
+            head += f" · {clean(tr.category)}"
+        if tr.asked_for:
+            head += f"   (why '{clean(tr.asked_for)}' was skipped)"
+        lines.append(head)
+        if tr.message or tr.category:
+            lines.append(f"  error    {_indent(clean(tr.message or '(no message recorded)'), pad)}")
+        causes = [c for c in root_causes(log, tr.task) if c != tr.task]
+        if tr.status == "skipped" and causes and not tr.attempts:
+            lines.append(f"  cause    {', '.join(clean(c) for c in causes)} (below)")
+            continue
+        where = f"wave {tr.wave}, runner {tr.runner}"
+        if tr.attempts:
+            att = f"  attempt  {tr.attempts} ({where})"
+            if tr.ended_at:
+                att += f", ended {clock(tr.ended_at)}"
+            if tr.duration_s is not None:
+                att += f" after {tr.duration_s:.2f}s"
+            if tr.exit_code is not None:
+                att += f", exit code {tr.exit_code}"
+            lines.append(att)
+        else:
+            lines.append(f"  attempt  none: the task never ran ({where})")
+        if tr.model:
+            lines.append(f"  model    {clean(tr.model)}")
+        else:
+            lines.append("  model    none" + (" (a command task)" if tr.runner == "command" else ""))
+        if tr.skill:
+            if tr.skill_sha256:
+                lines.append(f"  skill    {clean(tr.skill)} sha256:{tr.skill_sha256}")
+                lines.append(f"{pad}{tr.skill_file}")
+            else:
+                lines.append(f"  skill    {clean(tr.skill)} (no frozen copy in {log.run.definition})")
+        else:
+            lines.append("  skill    none")
+        if tr.prompt_sha256:
+            lines.append(f"  prompt   sha256:{tr.prompt_sha256} ({tr.prompt_bytes} bytes)")
+            lines.append(f"{pad}{tr.prompt_file}")
+        else:
+            lines.append("  prompt   none" + (" (no skill: no prompt was rendered)" if not tr.skill
+                                              else " (the task never got one)"))
+        for i, r in enumerate(tr.requests, 1):
+            bits = [f"request {clean(str(r.get('request_hash', '?')))}"]
+            if r.get("model"):
+                bits.append(clean(str(r["model"])))
+            if r.get("tokens"):
+                bits.append(f"{r['tokens']} tokens")
+            if r.get("latency_s") is not None:
+                bits.append(f"{float(r['latency_s']):.2f}s")
+            lines.append(f"  call {i:<3} " + " · ".join(bits))
+        for e in tr.earlier:
+            lines.append(f"  before   {_indent(clean(e), pad)}")
+        if tr.caused_skips:
+            lines.append(f"  skipped  {', '.join(clean(s) for s in tr.caused_skips)}")
+        if tr.attempt_dir:
+            files = [f for f in tr.attempt_files if f != "pid"]
+            lines.append(f"  look at  {tr.attempt_dir}/" + (f"  ({', '.join(files)})" if files else ""))
+            lines.append(f"{pad}agentctl logs {log.run.run_id} {tr.task}")
+        else:
+            lines.append(f"  look at  agentctl logs {log.run.run_id} {tr.task}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def command(state_dir: store.StateDir, run_id: str | None, task: str | None, *,
+            as_json: bool, out: TextIO) -> None:
+    from agentctl.views import live_status
+
+    run = resolve_run(state_dir, run_id)
+    log = RunLog.read(run)
+    traces = collect(log, task)
+    status, _driver = live_status(run, log.state)  # "crashed" when nobody drives it
+    if as_json:
+        st = log.state
+        out.write(json.dumps({"run_id": st.run_id, "pipeline": st.pipeline, "status": status,
+                              "definition_sha256": st.definition_sha,
+                              "tasks": [asdict(t) for t in traces]}, ensure_ascii=False) + "\n")
+    else:
+        out.write(render(log, traces, status))
+    out.flush()
