@@ -172,6 +172,9 @@ def resume(state_dir: store.StateDir, run_id: str | None, *, registry: Registry,
     lock = store.RunLock(run)
     lock.acquire()
     try:
+        # Name ourselves at once: a driver that loses the race for the lock reads this file
+        # to say who holds the run, and must not name the dead driver we are replacing.
+        store.write_json_atomic(run.driver_file, store.driver_identity("resume"))
         scan = store.scan_wal(run.wal)
         notes: list[str] = []
         if scan.torn_bytes:
@@ -202,7 +205,6 @@ def resume(state_dir: store.StateDir, run_id: str | None, *, registry: Registry,
         killed = _kill_orphans(run, state)
         if killed:
             notes.append(f"stopped {killed} agent process group(s) left by the previous driver")
-        store.write_json_atomic(run.driver_file, store.driver_identity("resume"))
         journal = store.Journal(run, next_seq=state.seq + 1)
         opts = options or Options()
         opts.concurrency = concurrency or int(state.options.get("concurrency") or defn.pipeline.limits.concurrency)

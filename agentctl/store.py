@@ -376,7 +376,14 @@ class RunLock:
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
+            # The holder names itself just after taking the lock; until it has, the file may
+            # still name the dead driver it replaces. Wait a moment for a live name.
             info, age = self.run.read_driver()
+            deadline = time.monotonic() + 2.0
+            while (info and info.get("host") == socket.gethostname()
+                   and not pid_alive(int(info.get("pid", 0))) and time.monotonic() < deadline):
+                time.sleep(0.02)
+                info, age = self.run.read_driver()
             who = f"pid {info.get('pid')} on {info.get('host')}" if info else "another process"
             beat = f", last heartbeat {age:.1f}s ago" if age is not None else ""
             raise LockHeld(
