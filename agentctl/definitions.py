@@ -26,8 +26,10 @@ from agentctl.models import (
     Limits,
     Pipeline,
     Skill,
+    StepSpec,
     TaskSpec,
 )
+from agentctl.planning import find_cycles
 from agentctl.skills import SkillRefused, load_output_schema, load_skill
 
 TASK_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
@@ -49,46 +51,78 @@ class Definition:
     def task(self, task_id: str) -> TaskSpec:
         return self.pipeline.tasks[task_id]
 
-    def runner_of(self, task_id: str) -> str:
+    def step(self, task_id: str, role: str | None = None) -> StepSpec:
+        """What runs for a task, or for the maker or checker of its review loop."""
         t = self.pipeline.tasks[task_id]
-        if t.runner:
-            return t.runner
-        return "command" if t.command else "llm"
+        if role in ("maker", "checker") and t.loop is not None:
+            return t.loop.maker if role == "maker" else t.loop.checker
+        return t
 
-    def effects_of(self, task_id: str) -> Effects:
-        t = self.pipeline.tasks[task_id]
-        if t.effects:
-            return t.effects
+    # Settings of a step, with the pipeline's defaults filled in.
+    def runner_for(self, s: StepSpec) -> str:
+        if s.runner:
+            return s.runner
+        if isinstance(s, TaskSpec) and s.loop is not None:
+            return "loop"
+        return "command" if s.command else "llm"
+
+    def effects_for(self, s: StepSpec) -> Effects:
+        if s.effects:
+            return s.effects
         if self.pipeline.defaults.effects:
             return self.pipeline.defaults.effects
-        return Effects.MUTATING if self.runner_of(task_id) == "command" else Effects.READ_ONLY
+        return Effects.MUTATING if self.runner_for(s) == "command" else Effects.READ_ONLY
+
+    def timeout_for(self, s: StepSpec) -> float:
+        return s.timeout if s.timeout is not None else self.pipeline.defaults.timeout
+
+    def retries_for(self, s: StepSpec) -> int:
+        return s.retries if s.retries is not None else self.pipeline.defaults.retries
+
+    def heartbeat_for(self, s: StepSpec) -> float | None:
+        return s.heartbeat if s.heartbeat is not None else self.pipeline.defaults.heartbeat
+
+    def model_for(self, s: StepSpec, override: str | None = None) -> str | None:
+        if s.model:
+            return s.model
+        if override:
+            return override
+        if self.pipeline.defaults.model:
+            return self.pipeline.defaults.model
+        skill = self.skills.get(s.skill) if s.skill else None
+        return skill.suggested_model if skill else None
+
+    def runner_of(self, task_id: str) -> str:
+        return self.runner_for(self.pipeline.tasks[task_id])
+
+    def effects_of(self, task_id: str) -> Effects:
+        return self.effects_for(self.pipeline.tasks[task_id])
 
     def needs_approval(self, task_id: str) -> bool:
         t = self.pipeline.tasks[task_id]
         return t.approval == "required" or self.effects_of(task_id) is Effects.IRREVERSIBLE
 
     def timeout_of(self, task_id: str) -> float:
-        t = self.pipeline.tasks[task_id]
-        return t.timeout if t.timeout is not None else self.pipeline.defaults.timeout
+        return self.timeout_for(self.pipeline.tasks[task_id])
 
     def retries_of(self, task_id: str) -> int:
-        t = self.pipeline.tasks[task_id]
-        return t.retries if t.retries is not None else self.pipeline.defaults.retries
+        return self.retries_for(self.pipeline.tasks[task_id])
 
     def heartbeat_of(self, task_id: str) -> float | None:
-        t = self.pipeline.tasks[task_id]
-        return t.heartbeat if t.heartbeat is not None else self.pipeline.defaults.heartbeat
+        return self.heartbeat_for(self.pipeline.tasks[task_id])
 
     def model_of(self, task_id: str, override: str | None = None) -> str | None:
-        t = self.pipeline.tasks[task_id]
-        if t.model:
-            return t.model
-        if override:
-            return override
-        if self.pipeline.defaults.model:
-            return self.pipeline.defaults.model
-        skill = self.skills.get(t.skill) if t.skill else None
-        return skill.suggested_model if skill else None
+        return self.model_for(self.pipeline.tasks[task_id], override)
+
+    def steps(self) -> list[tuple[str, str | None, StepSpec]]:
+        """Every (task, role, step) that runs something: tasks, and loops' makers/checkers."""
+        out: list[tuple[str, str | None, StepSpec]] = []
+        for tid, t in self.pipeline.tasks.items():
+            if t.loop is not None:
+                out += [(tid, "maker", t.loop.maker), (tid, "checker", t.loop.checker)]
+            else:
+                out.append((tid, None, t))
+        return out
 
 
 class _Collector:
@@ -129,6 +163,30 @@ def _fields(model: type[BaseModel]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items()]
 
 
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return repr(shown)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number",
+    "float_type": "a number", "float_parsing": "a number",
+    "bool_type": "true or false", "bool_parsing": "true or false",
+    "dict_type": "a mapping", "list_type": "a list",
+}
+
+
 def _report_pydantic(c: _Collector, err: ValidationError, prefix: tuple[str | int, ...],
                      model: type[BaseModel]) -> None:
     nested: dict[str, type[BaseModel]] = {
@@ -136,20 +194,29 @@ def _report_pydantic(c: _Collector, err: ValidationError, prefix: tuple[str | in
     }
     for e in err.errors():
         loc = prefix + tuple(e["loc"])
-        if e["type"] == "extra_forbidden":
+        where = _dotted(loc)
+        kind = e["type"]
+        if kind == "extra_forbidden":
             key = str(loc[-1])
             owner: type[BaseModel] = model
             for part in e["loc"][:-1]:
                 owner = nested.get(str(part), owner)
-            c.error(loc, f"{_dotted(loc)}: unknown field '{key}'{did_you_mean(key, _fields(owner))}",
+            c.error(loc, f"{where}: unknown field '{key}'{did_you_mean(key, _fields(owner))}",
                     key=True)
-            continue
-        msg = e["msg"]
-        msg = msg.removeprefix("Value error, ")
-        if e["type"] == "missing":
-            c.error(loc[:-1], f"{_dotted(loc)}: required field is missing")
+        elif kind == "missing":
+            c.error(loc[:-1], f"{where}: required field is missing")
+        elif kind in _EXPECTED:
+            c.error(loc, f"{where}: expected {_EXPECTED[kind]}, got {_describe(e.get('input'))}")
+        elif kind == "enum" and loc[-1] == "effects":
+            value = str(e.get("input"))
+            options = [x.value for x in Effects]
+            c.error(loc, f"{where}: unknown effects '{value}'{did_you_mean(value, options)} "
+                    f"(one of: {', '.join(options)})")
         else:
-            c.error(loc, f"{_dotted(loc)}: {msg}")
+            msg = e["msg"].removeprefix("Value error, ")
+            if msg.startswith("Input should"):
+                msg = msg.replace("Input should", "should", 1) + f", got {_describe(e.get('input'))}"
+            c.error(loc, f"{where}: {msg}")
 
 
 def find_skills_dir(pipeline_path: Path, declared: str | None) -> Path | None:
@@ -211,113 +278,181 @@ def load_pipeline(path: str | Path, *, skills_dir: Path | None = None) -> Defini
         c.error(("tasks",), "the pipeline has no tasks")
 
     tasks: dict[str, TaskSpec] = {}
-    raw_needs: dict[str, list[str]] = {}
+    raw_needs: dict[str, list[tuple[tuple[str | int, ...], str]]] = {}
+    folded: dict[str, str] = {}
     for tid, tdata in raw_tasks.items():
         loc: tuple[str | int, ...] = ("tasks", tid)
-        _check_task_id(c, tid)
+        _check_task_id(c, tid, folded)
         if not isinstance(tdata, dict):
             c.error(loc, f"tasks.{tid}: a task must be a mapping (with 'command' or 'skill')")
             continue
-        needs = tdata.get("needs", [])
-        raw_needs[tid] = [needs] if isinstance(needs, str) else [n for n in needs if isinstance(n, str)] if isinstance(needs, list) else []
+        raw_needs[tid] = _needs_of(tid, tdata.get("needs"))
         try:
             spec = TaskSpec.model_validate(tdata)
         except ValidationError as e:
             _report_pydantic(c, e, loc, TaskSpec)
             continue
-        if not spec.command and not spec.skill and not spec.runner:
-            c.error(loc, f"tasks.{tid}: a task needs a 'command' or a 'skill'", key=True)
+        if spec.loop is not None:
+            if spec.command or spec.skill or spec.runner:
+                c.error(loc, f"tasks.{tid}: a task with a 'loop' runs its maker and checker; "
+                        "it cannot also have 'command', 'skill' or 'runner'", key=True)
+            for role in ("maker", "checker"):
+                step = getattr(spec.loop, role)
+                if not step.command and not step.skill and not step.runner:
+                    c.error((*loc, "loop", role), f"tasks.{tid}.loop.{role}: needs a 'command' "
+                            "(an argv list) or a 'skill'")
+            if spec.foreach:
+                c.error((*loc, "foreach"), f"tasks.{tid}: 'foreach' and 'loop' cannot be combined")
+        elif not (spec.command or spec.skill or spec.runner):
+            c.error(loc, f"tasks.{tid}: a task needs a 'command' (an argv list) or a 'skill'",
+                    key=True)
+        if spec.foreach is not None and not expr.TEMPLATE.fullmatch(spec.foreach.strip()):
+            c.error((*loc, "foreach"), f"tasks.{tid}.foreach: must be one ${{{{ }}}} expression "
+                    "naming a list, e.g. ${{ tasks.plan.output.subtasks }}")
+        if spec.key is not None and not spec.foreach:
+            c.error((*loc, "key"), f"tasks.{tid}.key: names fan-out instances; it needs 'foreach'")
         tasks[tid] = spec
 
-    all_ids = list(raw_tasks) if isinstance(raw_tasks, dict) else []
+    all_ids = list(raw_tasks)
     for tid, needs in raw_needs.items():
         seen: set[str] = set()
-        for i, need in enumerate(needs):
-            nloc = ("tasks", tid, "needs", i) if isinstance(raw_tasks[tid].get("needs"), list) else ("tasks", tid, "needs")
+        for nloc, need in needs:
             if need == tid:
                 c.error(nloc, f"tasks.{tid}.needs: a task cannot need itself")
             elif need not in raw_tasks:
                 c.error(nloc, f"tasks.{tid}.needs: unknown task '{need}'{did_you_mean(need, all_ids)}")
-            if need in seen:
+            elif need in seen:
                 c.warn(nloc, f"tasks.{tid}.needs: '{need}' is listed twice")
             seen.add(need)
 
-    from agentctl.planning import find_cycle  # noqa: PLC0415 - avoids an import cycle
+    graph = {t: [n for _, n in ns if n in raw_tasks and n != t] for t, ns in raw_needs.items()}
+    for cycle in find_cycles(graph):
+        c.error(("tasks", cycle[0], "needs"), f"tasks.{cycle[0]}.needs: tasks form a cycle: "
+                + " -> ".join(cycle))
 
-    cycle = find_cycle({t: [n for n in ns if n in raw_tasks and n != t] for t, ns in raw_needs.items()})
-    if cycle:
-        c.error(("tasks", cycle[0], "needs"), "tasks form a cycle: " + " -> ".join(cycle))
-
-    # Skills.
-    declared_dir = data.get("skills") if isinstance(data.get("skills"), str) else None
-    sdir = skills_dir or find_skills_dir(path, declared_dir)
-    skills: dict[str, Skill] = {}
-    for tid, spec in tasks.items():
-        if not spec.skill or spec.skill in skills:
-            continue
-        sfile = find_skill_file(sdir, spec.skill)
-        if sfile is None:
-            where = f"{sdir}/{spec.skill}/SKILL.md or {sdir}/{spec.skill}.md" if sdir else "no skills/ directory was found beside the pipeline or in its parent"
-            c.error(("tasks", tid, "skill"), f"tasks.{tid}.skill: skill '{spec.skill}' not found ({where})")
-            continue
-        try:
-            skill = load_skill(sfile, expected_name=spec.skill)
-            load_output_schema(skill)
-        except SkillRefused as e:
-            c.errors.append(Diagnostic(str(sfile), e.line, None, e.reason))
-            continue
-        for w in skill.warnings:
-            c.warnings.append(Diagnostic(str(sfile), None, None, w, "warning"))
-        skills[spec.skill] = skill
+    skills, sdir = _load_skills(c, path, data, tasks, skills_dir)
 
     # Expressions.
     inputs = set(data.get("inputs") or {}) if isinstance(data.get("inputs"), dict) else set()
+    ids = set(raw_tasks)
+    schemas = {tid: skills[t.skill].output_schema for tid, t in tasks.items()
+               if t.skill in skills and skills[t.skill].output_schema}
     for tid, spec in tasks.items():
         needs_set = set(spec.needs)
-        for loc, value in _expression_sites(tid, spec):
+        for loc, value, extra in _expression_sites(tid, spec):
+            if expr.unclosed(value):
+                c.error(loc, f"{_dotted(loc)}: '${{{{' without a closing '}}}}'")
             for src in expr.template_exprs(value):
-                _check_expression(c, loc, src, inputs, needs_set, set(tasks))
-        if spec.model and pipeline is not None and spec.model in pipeline.models:
-            pass  # a named tier
+                _check_expression(c, loc, src, inputs, needs_set, ids, schemas, extra)
     if pipeline is not None:
+        for k, v in pipeline.defaults.env.items():
+            loc = ("defaults", "env", k)
+            for src in expr.template_exprs(v):
+                _check_expression(c, loc, src, inputs, set(), ids, schemas)
         for tier, models in pipeline.models.items():
             if not models:
                 c.error(("models", tier), f"models.{tier}: a tier needs at least one model")
+    _check_no_expressions(c, data)
 
     if c.errors:
-        raise DefinitionError(c.errors + c.warnings)
+        raise DefinitionError(_sorted(path, c.errors + c.warnings))
     assert pipeline is not None
     pipeline = pipeline.model_copy(update={"tasks": tasks})
     return Definition(
-        pipeline=pipeline, path=path, skills=skills, skills_dir=sdir, warnings=c.warnings,
-        sha256=hashlib.sha256(raw).hexdigest(),
+        pipeline=pipeline, path=path, skills=skills, skills_dir=sdir,
+        warnings=_sorted(path, c.warnings), sha256=hashlib.sha256(raw).hexdigest(),
     )
 
 
-def _check_task_id(c: _Collector, tid: Any) -> None:
-    loc = ("tasks", tid)
-    if not isinstance(tid, str):
-        c.error(loc, f"task id {tid!r} must be a string", key=True)
-    elif "/" in tid or "\\" in tid:
-        c.error(loc, f"task id '{tid}' contains a path separator; task ids name directories", key=True)
-    elif ".." in tid:
-        c.error(loc, f"task id '{tid}' contains '..'; task ids name directories", key=True)
-    elif any(ord(ch) < 32 or ord(ch) == 127 for ch in tid):
-        c.error(loc, f"task id {tid!r} contains a control character", key=True)
-    elif len(tid) > 64:
-        c.error(loc, f"task id '{tid[:20]}...' is {len(tid)} characters; at most 64", key=True)
-    elif not TASK_ID_RE.fullmatch(tid):
-        c.error(loc, f"task id '{tid}' must be letters, digits, '_' and '-' (safe as a file name)",
-                key=True)
+def _sorted(path: Path, diags: list[Diagnostic]) -> list[Diagnostic]:
+    """The pipeline's own diagnostics first, by line; then each skill file's, by line."""
+    return sorted(diags, key=lambda d: (d.path != str(path), d.path, d.line or 0, d.col or 0))
 
 
-def _expression_sites(tid: str, spec: TaskSpec) -> list[tuple[tuple[str | int, ...], str]]:
-    sites: list[tuple[tuple[str | int, ...], str]] = []
+def _needs_of(tid: str, needs: Any) -> list[tuple[tuple[str | int, ...], str]]:
+    """Each need with where it was written; wrong types are left to the model's check."""
+    if isinstance(needs, str):
+        return [(("tasks", tid, "needs"), needs)]
+    if isinstance(needs, list):
+        return [(("tasks", tid, "needs", i), n) for i, n in enumerate(needs) if isinstance(n, str)]
+    return []
 
+
+SKILL_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _load_skills(c: _Collector, path: Path, data: dict[str, Any], tasks: dict[str, TaskSpec],
+                 skills_dir: Path | None) -> tuple[dict[str, Skill], Path | None]:
+    declared = data.get("skills") if isinstance(data.get("skills"), str) else None
+    sdir = skills_dir or find_skills_dir(path, declared)
+    if skills_dir is None and declared and sdir is not None and not sdir.is_dir():
+        c.error(("skills",), f"skills: directory '{declared}' does not exist (relative to the "
+                "pipeline file)")
+    available = sorted(
+        p.parent.name if p.name == "SKILL.md" else p.stem
+        for p in ([*sdir.glob("*/SKILL.md"), *sdir.glob("*.md")] if sdir and sdir.is_dir() else [])
+    )
+    skills: dict[str, Skill] = {}
+    refused: set[str] = set()
+    steps: list[tuple[tuple[str | int, ...], StepSpec]] = []
+    for tid, tspec in tasks.items():
+        if tspec.loop is not None:
+            steps += [(("tasks", tid, "loop", "maker"), tspec.loop.maker),
+                      (("tasks", tid, "loop", "checker"), tspec.loop.checker)]
+        else:
+            steps.append((("tasks", tid), tspec))
+    for sloc, spec in steps:
+        name = spec.skill
+        if not name or name in skills or name in refused:
+            continue
+        loc = (*sloc, "skill")
+        where_ = _dotted(loc)
+        if not SKILL_NAME_RE.fullmatch(name) or ".." in name:
+            c.error(loc, f"{where_}: '{name}' is not a skill name (a folder name under "
+                    "skills/, without '/' or '..')")
+            refused.add(name)
+            continue
+        sfile = find_skill_file(sdir, name)
+        if sfile is None:
+            if sdir is None:
+                where = "no skills/ directory beside the pipeline or in its parent"
+            else:
+                where = f"no {_rel(sdir / name / 'SKILL.md')} or {_rel(sdir / (name + '.md'))}"
+            c.error(loc, f"{where_}: unknown skill '{name}'"
+                    f"{did_you_mean(name, available)} ({where})")
+            continue
+        try:
+            skill = load_skill(sfile, expected_name=name)
+            load_output_schema(skill)
+        except SkillRefused as e:
+            c.errors.append(Diagnostic(_rel(sfile), e.line or 1, 1, e.reason))
+            refused.add(name)
+            continue
+        for w in skill.warnings:
+            c.warnings.append(Diagnostic(_rel(sfile), None, None, w, "warning"))
+        skills[name] = skill
+    return skills, sdir
+
+
+def _rel(p: Path) -> str:
+    """A path as short as it can be said from the current directory."""
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+# Fields whose values are used as written: a `${{` there is never evaluated.
+_LITERAL_TASK_FIELDS = ("skill", "runner", "needs", "model", "effects", "approval", "timeout",
+                        "retries", "heartbeat")
+_LITERAL_TOP_FIELDS = ("name", "inputs", "limits", "models", "skills")
+
+
+def _check_no_expressions(c: _Collector, data: dict[str, Any]) -> None:
     def walk(loc: tuple[str | int, ...], v: Any) -> None:
-        if isinstance(v, str):
-            if "${{" in v:
-                sites.append((loc, v))
+        if isinstance(v, str) and "${{" in v:
+            c.error(loc, f"{_dotted(loc)}: expressions are only evaluated in with:, command and "
+                    "env; here '${{' would be taken literally")
         elif isinstance(v, list):
             for i, x in enumerate(v):
                 walk((*loc, i), x)
@@ -325,21 +460,97 @@ def _expression_sites(tid: str, spec: TaskSpec) -> list[tuple[tuple[str | int, .
             for k, x in v.items():
                 walk((*loc, k), x)
 
-    walk(("tasks", tid, "with"), spec.with_)
-    for i, arg in enumerate(spec.command or []):
-        walk(("tasks", tid, "command", i), arg)
-    for k, v in spec.env.items():
-        walk(("tasks", tid, "env", k), v)
+    for key in _LITERAL_TOP_FIELDS:
+        if key in data:
+            walk((key,), data[key])
+    if isinstance(data.get("defaults"), dict):
+        for key, v in data["defaults"].items():
+            if key != "env":
+                walk(("defaults", key), v)
+    tasks = data.get("tasks")
+    if isinstance(tasks, dict):
+        for tid, t in tasks.items():
+            if isinstance(t, dict):
+                for key in _LITERAL_TASK_FIELDS:
+                    if key in t:
+                        walk(("tasks", tid, key), t[key])
+
+
+def _check_task_id(c: _Collector, tid: str, folded: dict[str, str]) -> None:
+    """Task ids name directories under the run (tasks/<id>/), so they must be safe as one."""
+    loc = ("tasks", tid)
+    if "/" in tid or "\\" in tid:
+        c.error(loc, f"task id {tid!r} contains a path separator; task ids name directories", key=True)
+    elif ".." in tid:
+        c.error(loc, f"task id {tid!r} contains '..'; task ids name directories", key=True)
+    elif any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in tid):
+        c.error(loc, f"task id {tid!r} contains a control character", key=True)
+    elif len(tid) > 64:
+        c.error(loc, f"task id '{tid[:20]}...' is {len(tid)} characters long; at most 64", key=True)
+    elif not TASK_ID_RE.fullmatch(tid):
+        c.error(loc, f"task id {tid!r} must be letters, digits, '_' and '-' (safe as a file name)",
+                key=True)
+    elif tid.lower() in folded:
+        c.error(loc, f"task id '{tid}' differs from '{folded[tid.lower()]}' only in case; they "
+                "would share a directory on macOS and Windows", key=True)
+    else:
+        folded[tid.lower()] = tid
+
+
+def _expression_sites(tid: str, spec: TaskSpec) -> list[tuple[tuple[str | int, ...], str, frozenset[str]]]:
+    """Where expressions may stand, and the extra names each place may use."""
+    sites: list[tuple[tuple[str | int, ...], str, frozenset[str]]] = []
+
+    def walk(loc: tuple[str | int, ...], v: Any, extra: frozenset[str]) -> None:
+        if isinstance(v, str):
+            if "${{" in v:
+                sites.append((loc, v, extra))
+        elif isinstance(v, list):
+            for i, x in enumerate(v):
+                walk((*loc, i), x, extra)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                walk((*loc, k), x, extra)
+
+    def step(loc: tuple[str | int, ...], s: StepSpec, extra: frozenset[str]) -> None:
+        walk((*loc, "with"), s.with_, extra)
+        for i, arg in enumerate(s.command or []):
+            walk((*loc, "command", i), arg, extra)
+        for k, v in s.env.items():
+            walk((*loc, "env", k), v, extra)
+
+    base = ("tasks", tid)
+    item = frozenset({"item"}) if spec.foreach else frozenset()
+    if spec.loop is not None:
+        step((*base, "loop", "maker"), spec.loop.maker, frozenset({"loop"}))
+        step((*base, "loop", "checker"), spec.loop.checker, frozenset({"loop"}))
+        walk((*base, "loop", "until"), _as_template(spec.loop.until), frozenset({"loop", "maker", "checker", "iteration"}))
+    else:
+        step(base, spec, item)
+    if spec.foreach is not None:
+        walk((*base, "foreach"), spec.foreach, frozenset())
+    if spec.key is not None:
+        walk((*base, "key"), spec.key, item)
+    if spec.when is not None:
+        walk((*base, "when"), _as_template(spec.when), frozenset())
     return sites
 
 
+def _as_template(value: str) -> str:
+    """``when:`` and ``until:`` may be written with or without ``${{ }}``."""
+    return value if "${{" in value else "${{ " + value + " }}"
+
+
 def _check_expression(c: _Collector, loc: tuple[str | int, ...], src: str, inputs: set[str],
-                      needs: set[str], task_ids: set[str]) -> None:
+                      needs: set[str], task_ids: set[str],
+                      schemas: dict[str, dict[str, Any] | None],
+                      extra: frozenset[str] = frozenset()) -> None:
     where = _dotted(loc)
+    shown = " ".join(src.split())
     try:
         node = expr.parse(src)
     except expr.ExprError as e:
-        c.error(loc, f"{where}: bad expression '${{{{{src}}}}}': {e}")
+        c.error(loc, f"{where}: bad expression '${{{{ {shown} }}}}': {e}")
         return
     for p in expr.paths(node):
         root = p.parts[0]
@@ -348,7 +559,9 @@ def _check_expression(c: _Collector, loc: tuple[str | int, ...], src: str, input
                 c.error(loc, f"{where}: '{p.dotted()}' must name an input, e.g. inputs.path")
             elif p.parts[1] not in inputs:
                 name = str(p.parts[1])
-                c.error(loc, f"{where}: unknown input '{name}'{did_you_mean(name, sorted(inputs))}")
+                declared = f"declared: {', '.join(sorted(inputs))}" if inputs else "no inputs are declared"
+                c.error(loc, f"{where}: unknown input '{name}'{did_you_mean(name, sorted(inputs))} "
+                        f"({declared})")
         elif root == "tasks":
             if len(p.parts) < 3:
                 c.error(loc, f"{where}: '{p.dotted()}' must name a task's field, e.g. tasks.plan.output")
@@ -357,11 +570,54 @@ def _check_expression(c: _Collector, loc: tuple[str | int, ...], src: str, input
             if ref not in task_ids:
                 c.error(loc, f"{where}: unknown task '{ref}'{did_you_mean(ref, sorted(task_ids))}")
             elif ref not in needs:
-                c.error(loc, f"{where}: '{p.dotted()}' refers to task '{ref}', which is not in this task's needs")
+                c.error(loc, f"{where}: '{p.dotted()}' refers to task '{ref}', which is not in "
+                        "this task's needs")
             elif p.parts[2] not in TASK_FIELDS:
                 f = str(p.parts[2])
                 c.error(loc, f"{where}: tasks.{ref} has no field '{f}'{did_you_mean(f, TASK_FIELDS)} "
                         f"(use one of: {', '.join(TASK_FIELDS)})")
+            elif p.parts[2] in ("summary", "status") and len(p.parts) > 3:
+                c.error(loc, f"{where}: tasks.{ref}.{p.parts[2]} is a string; it has no field "
+                        f"'{p.parts[3]}'")
+            elif p.parts[2] == "output" and schemas.get(ref):
+                problem = _schema_path_problem(schemas[ref] or {}, p.parts[3:])
+                if problem:
+                    c.error(loc, f"{where}: tasks.{ref}.output{problem} (from the output schema "
+                            f"of task {ref}'s skill)")
+        elif root in extra:
+            continue  # item (fan-out), loop/maker/checker/iteration (review loops)
         else:
-            c.error(loc, f"{where}: unknown name '{root}' in expression (use inputs.<name> or "
-                    "tasks.<id>.output)")
+            hint = "item, " if "item" in extra else ""
+            c.error(loc, f"{where}: unknown name '{root}' in expression (use {hint}inputs.<name> "
+                    "or tasks.<id>.output)")
+
+
+def _schema_path_problem(schema: dict[str, Any], parts: tuple[str | int, ...]) -> str | None:
+    """Why ``parts`` cannot exist in a value that validates against ``schema``, or None.
+
+    Only plain object/array schemas are followed; anything cleverer ($ref, anyOf...) is
+    trusted, since a wrong guess here would refuse a pipeline that runs.
+    """
+    walked = ""
+    for part in parts:
+        if not isinstance(schema, dict) or any(k in schema for k in ("$ref", "anyOf", "oneOf", "allOf")):
+            return None
+        if isinstance(part, str):
+            props = schema.get("properties")
+            if not isinstance(props, dict):
+                return None
+            if part in props:
+                schema = props[part]
+            elif schema.get("additionalProperties") is False and not schema.get("patternProperties"):
+                return (f"{walked} has no field '{part}'{did_you_mean(part, list(props))} "
+                        f"(fields: {', '.join(props)})")
+            else:
+                return None
+            walked += f".{part}"
+        else:
+            items = schema.get("items")
+            if not isinstance(items, dict):
+                return None
+            schema = items
+            walked += f"[{part}]"
+    return None

@@ -94,11 +94,12 @@ def changed_on_disk(frozen: Definition, original: str | None) -> list[str]:
 def check_runners(defn: Definition, registry: Registry) -> None:
     known = set(registry.names())
     diags = []
-    for tid in defn.pipeline.tasks:
-        name = defn.runner_of(tid)
+    for tid, role, step in defn.steps():
+        name = defn.runner_for(step)
         if name not in known:
+            where = f"tasks.{tid}" + (f".loop.{role}" if role else "")
             diags.append(Diagnostic(str(defn.path), None, None,
-                                    f"tasks.{tid}: no runner named '{name}' (known: {', '.join(sorted(known))})"))
+                                    f"{where}: no runner named '{name}' (known: {', '.join(sorted(known))})"))
     if diags:
         raise DefinitionError(diags)
 
@@ -161,7 +162,22 @@ def _drive(run: store.RunDir, journal: store.Journal, defn: Definition, state: R
     try:
         return asyncio.run(sched.drive())
     finally:
+        _write_stats(journal)
         journal.close()
+
+
+def _write_stats(journal: store.Journal) -> None:
+    """``AGENTCTL_STATS_FILE=PATH``: when the run ends, write the driver's counters there as
+    JSON (WAL fsyncs, i.e. group-commit batches; records; peak RSS in KiB). For
+    ``benchmarks/bench_engine.py``; not part of the run's state."""
+    path = os.environ.get("AGENTCTL_STATS_FILE")
+    if path:
+        import json  # noqa: PLC0415
+        import resource  # noqa: PLC0415
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        Path(path).write_text(json.dumps({"wal_fsyncs": journal.fsyncs, "wal_records": journal.seq,
+                                          "peak_rss_kb": peak}) + "\n")
 
 
 def resume(state_dir: store.StateDir, run_id: str | None, *, registry: Registry,

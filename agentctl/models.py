@@ -75,24 +75,23 @@ class Defaults(_Strict):
     heartbeat: Duration | None = None
     effects: Effects | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    backoff: Duration = 1.0  # first retry delay; doubles per retry, with jitter
 
 
-class TaskSpec(_Strict):
+class StepSpec(_Strict):
+    """What runs: a command or a skill (or a named runner), and how."""
+
     skill: str | None = None
     command: list[str] | None = None
     runner: str | None = None
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
-    needs: Annotated[list[str], BeforeValidator(_as_list)] = Field(default_factory=list)
     model: str | None = None
     effects: Effects | None = None
-    approval: Literal["required", "none"] | None = None
     timeout: Duration | None = None
     retries: int | None = Field(default=None, ge=0, le=100)
     heartbeat: Duration | None = None
     workdir: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
-    budget: Budget | None = None
-    description: str | None = None
 
     @field_validator("command", mode="before")
     @classmethod
@@ -111,6 +110,27 @@ class TaskSpec(_Strict):
                 out.append(str(a))
             return out
         return v
+
+
+class LoopSpec(_Strict):
+    """A review loop: the maker makes, the checker checks, until the checker says pass."""
+
+    maker: StepSpec
+    checker: StepSpec
+    until: str = "${{ checker.output.verdict == 'pass' }}"
+    max_iterations: int = Field(default=3, ge=1, le=100)
+    budget: Budget | None = None
+
+
+class TaskSpec(StepSpec):
+    needs: Annotated[list[str], BeforeValidator(_as_list)] = Field(default_factory=list)
+    approval: Literal["required", "none"] | None = None
+    budget: Budget | None = None
+    description: str | None = None
+    foreach: str | None = None
+    key: str | None = None  # names fan-out instances: ${{ item.id }}
+    when: str | None = None
+    loop: LoopSpec | None = None
 
 
 class Pipeline(_Strict):

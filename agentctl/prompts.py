@@ -28,7 +28,8 @@ def user_message(pkt: dict[str, Any], skill: Skill | None) -> str:
     return (
         "## Your task\n\n"
         f"Task `{pkt['task']}`. Its inputs and the reports of the tasks it needs:\n\n"
-        "```json\n" + json.dumps({"with": pkt["with"], "needs": pkt["needs"]}, indent=2,
+        "```json\n" + json.dumps({k: v for k, v in pkt.items()
+                                  if k not in ("run_id", "task", "attempt")}, indent=2,
                                  ensure_ascii=False) + "\n```\n\n"
         "## Your report\n\n"
         "Reply with one JSON object, and nothing else, that validates against this schema. "

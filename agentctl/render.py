@@ -98,8 +98,14 @@ def run_table(data: dict[str, Any]) -> Group:
                     + (f", beat {_age(d['heartbeat_age_s'])} ago" if d["heartbeat_age_s"] is not None else "")
                     + ")")
     table = Table()
-    for col in ("wave", "task", "status", "att", "beat", "elapsed", "tokens", "cost $", "error"):
-        table.add_column(col)
+    width = min(40, max([len(t["id"]) for t in data["tasks"]] + [4]))
+    for col in ("wave", "task", "status", "att", "beat", "elapsed", "tokens", "cost $", "note"):
+        if col == "task":
+            table.add_column(col, min_width=width, no_wrap=True)
+        elif col == "status":
+            table.add_column(col, no_wrap=True)
+        else:
+            table.add_column(col)
     last_wave = None
     for t in data["tasks"]:
         wave = str(t["wave"]) if t["wave"] != last_wave else ""
@@ -107,10 +113,15 @@ def run_table(data: dict[str, Any]) -> Group:
             table.add_section()
         last_wave = t["wave"]
         err = t["error"]
+        note = f"{err['category']}: {err['message']}"[:80] if err else ""
+        if t.get("group"):
+            note = (f"{t['children']} {'instances' if t['group'] == 'foreach' else 'tasks'}"
+                    + (f", {t['exit_reason']}" if t.get("exit_reason") else "")
+                    + (f"; {note}" if note else ""))
         table.add_row(wave, _t(t["id"]), _s(t["status"]), str(t["attempts"]),
                       _age(t["heartbeat_age_s"]), _elapsed(t["started_at"], t["ended_at"]),
                       str(t["tokens"] or ""), f"{t['cost_usd']:.4f}" if t["cost_usd"] else "",
-                      _t(f"{err['category']}: {err['message']}"[:80] if err else ""))
+                      _t(note))
     tot = data["totals"]
     foot = Text(f"{tot['complete']}/{tot['tasks']} complete · {tot['tokens']} tokens · "
                 f"${tot['cost_usd']:.4f}")

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from agentctl import expr, prompts
 from agentctl.definitions import Definition
 from agentctl.errors import RunnerError
-from agentctl.models import Effects, TaskStatus
+from agentctl.models import Effects, StepSpec, TaskSpec, TaskStatus
 from agentctl.reports import validate_report
 from agentctl.runners.base import Attempt, Outcome, Registry
 from agentctl.state import RunState, TaskState, apply
@@ -59,7 +59,6 @@ class Options:
     tick_s: float = 0.25
     snapshot_every_s: float = 1.0
     driver_beat_s: float = 1.0
-    backoff_base_s: float = 1.0
     backoff_cap_s: float = 60.0
     seed: int | None = None
 
@@ -111,8 +110,20 @@ class Scheduler:
         self._last_control = -1.0
         self._last_snapshot = 0.0
         self._last_beat = 0.0
-        self._graph = {t.id: t.needs for t in state.tasks.values()}
         self._env_base = dict(os.environ)
+
+    # ------------------------------------------------------------------ specs
+
+    def _spec(self, tid: str) -> StepSpec:
+        """What runs for a task: its own spec, its fan-out template's, or its loop's maker
+        or checker."""
+        t = self.state.tasks[tid]
+        if t.parent is not None:
+            return self.defn.step(t.parent, t.role if t.role in ("maker", "checker") else None)
+        return self.defn.step(tid)
+
+    def _top(self, tid: str) -> TaskSpec | None:
+        return self.defn.pipeline.tasks.get(tid)
 
     # ------------------------------------------------------------------ journal
 
@@ -132,7 +143,12 @@ class Scheduler:
         for tid in self._outputs:
             report = self.state.tasks[tid].report
             if report is not None:
-                write_json_atomic(self.run.task_dir(tid) / "output.json", report)
+                path = self.run.task_dir(tid) / "output.json"
+                try:
+                    write_json_atomic(path, report)
+                except FileNotFoundError:  # a group task has no directory until now
+                    makedirs(path.parent)
+                    write_json_atomic(path, report)
         self._outputs.clear()
 
     def snapshot(self, *, force: bool = False) -> None:
@@ -156,6 +172,7 @@ class Scheduler:
                 loop.add_signal_handler(sig, self.interrupt, "interrupted" if sig == signal.SIGINT else "terminated")
         try:
             self._skip_unreachable()
+            self._advance_groups()
             self.commit()
             self.snapshot(force=True)
             while True:
@@ -166,6 +183,7 @@ class Scheduler:
                     return self._end(status, f"run {self._interrupt}")
                 now = self.clock()
                 starts = self._pick(now)
+                progressed = bool(self._batch)  # expansions, skips, approvals to wait for
                 for tid in starts:
                     self._log_start(tid)
                 self.commit()  # the attempts are durable before any of them starts
@@ -179,7 +197,7 @@ class Scheduler:
                         await asyncio.sleep(min(wait, self.opt.tick_s))
                         self._beat_driver()
                         continue
-                    if not starts:
+                    if not starts and not progressed:
                         break  # nothing can progress (parked tasks block the rest)
                     continue
                 futures = [r.future for r in self._running.values()]
@@ -188,6 +206,8 @@ class Scheduler:
                 for r in [r for r in self._running.values() if r.future in done]:
                     self._finish(r)
                 self._watch()
+                self.commit()
+                self._advance_groups()  # fan-out joins and loop iterations, from committed state
                 self.commit()
                 self._beat_driver()
                 self.reporter.tick(self.state)
@@ -214,8 +234,11 @@ class Scheduler:
         requests = control.pending_requests(self.run)
         if not requests:
             return
-        schemas = {tid: (self.defn.skills[s.skill].output_schema if s.skill in self.defn.skills else None)
-                   for tid, s in self.defn.pipeline.tasks.items() if s.skill}
+        schemas = {}
+        for tid in self.state.tasks:
+            spec = self._spec(tid)
+            if spec.skill in self.defn.skills:
+                schemas[tid] = self.defn.skills[spec.skill].output_schema
         answers = []
         for path, req in requests:
             if req is None:
@@ -273,13 +296,185 @@ class Scheduler:
             if self._backoff.get(t.id, 0.0) > now:
                 continue
             if all(tasks[n].status == TaskStatus.COMPLETE.value for n in t.needs):
-                if not t.approved and t.id in self.defn.pipeline.tasks and self.defn.needs_approval(t.id):
+                top = self._top(t.id)
+                if top is not None and top.when and self._condition(t, top):
+                    continue  # skipped by its condition (or the condition failed)
+                if not t.approved and top is not None and self.defn.needs_approval(t.id):
                     # A person decides; other branches go on meanwhile.
                     self.emit({"type": "task_waiting_approval", "task": t.id})
+                    continue
+                if top is not None and (top.foreach or top.loop):
+                    self._shape(t, top)  # becomes a group of children
                     continue
                 self._backoff.pop(t.id, None)
                 out.append(t.id)
         return out
+
+    # ------------------------------------------------------------------ conditions, fan-out, loops
+
+    def _condition(self, t: TaskState, top: TaskSpec) -> bool:
+        """Apply a ready task's `when`. True when the task is settled by it (skipped)."""
+        ctx = self._context(t.id)
+        if top.when:
+            src = top.when if "${{" in top.when else "${{ " + top.when + " }}"
+            try:
+                ok = expr.truthy(expr.render(src.strip(), ctx))
+            except expr.ExprError as e:
+                self.emit({"type": "task_failed", "task": t.id, "category": "upstream_failed",
+                           "message": f"when: {e}"})
+                self._staged_final(t.id, "failed")
+                return True
+            if not ok:
+                self.emit({"type": "task_skipped", "task": t.id,
+                           "reason": f"condition is false: {top.when.strip()}"})
+                self._staged_final(t.id, "skipped", error=False)
+                return True
+        return False
+
+    def _shape(self, t: TaskState, top: TaskSpec) -> None:
+        """A ready `foreach` or `loop` task becomes a group of children."""
+        if t.children:
+            return
+        if top.foreach:
+            self._expand(t, top, self._context(t.id))
+        elif top.loop:
+            self._iterate(t, top, 1)
+
+    def _expand(self, t: TaskState, top: TaskSpec, ctx: dict[str, Any]) -> None:
+        """Fan out: one instance per item. The expansion is logged (and committed before any
+        instance starts), so a resume dispatches exactly the same instances."""
+        assert top.foreach is not None
+        try:
+            items = expr.render(top.foreach.strip(), ctx)
+        except expr.ExprError as e:
+            items = e
+        problem = None
+        if isinstance(items, Exception):
+            problem = f"foreach: {items}"
+        elif not isinstance(items, list):
+            problem = f"foreach: expected a list, got {type(items).__name__}"
+        elif len(items) > self.defn.pipeline.limits.fanout:
+            problem = (f"foreach: {len(items)} items is more than limits.fanout "
+                       f"({self.defn.pipeline.limits.fanout})")
+        ids: list[str] = []
+        if problem is None:
+            assert isinstance(items, list)
+            for i, item in enumerate(items):
+                suffix = str(i)
+                if top.key:
+                    try:
+                        raw = expr.render_str(top.key, {**ctx, "item": item})
+                    except expr.ExprError as e:
+                        problem = f"key: {e}"
+                        break
+                    suffix = _safe_suffix(raw)
+                    if not suffix:
+                        problem = f"key: item {i} gives an empty instance name ({raw!r})"
+                        break
+                cid = f"{t.id}.{suffix}"
+                if cid in ids or cid in self.state.tasks:
+                    problem = f"key: two items give the instance name '{cid}'"
+                    break
+                ids.append(cid)
+        if problem is not None:
+            self.emit({"type": "task_failed", "task": t.id, "category": "invalid_output",
+                       "message": problem})
+            self._staged_final(t.id, "failed")
+            return
+        assert isinstance(items, list)
+        if not items:
+            self.emit({"type": "group_ended", "task": t.id, "status": "complete",
+                       "report": _join_report(t.id, [])})
+            self._outputs.append(t.id)
+            return
+        self.emit({"type": "tasks_expanded", "task": t.id,
+                   "instances": [{"id": cid, "index": i, "item": item}
+                                 for i, (cid, item) in enumerate(zip(ids, items, strict=True))]})
+
+    def _iterate(self, t: TaskState, top: TaskSpec, n: int) -> None:
+        assert top.loop is not None
+        steps = {}
+        for role in ("maker", "checker"):
+            step = getattr(top.loop, role)
+            steps[role] = {"id": f"{t.id}.{role}.{n}", "runner": self.defn.runner_for(step),
+                           "effects": self.defn.effects_for(step).value, "skill": step.skill}
+        self.emit({"type": "loop_iteration", "task": t.id, "iteration": n, **steps})
+
+    def _advance_groups(self) -> None:
+        """Settle fan-out groups whose instances have all settled, and take review loops one
+        step: pass, stop, or the next iteration. Reads committed state only."""
+        for g in list(self.state.tasks.values()):
+            if g.status != TaskStatus.RUNNING.value or not g.children or g.group is None:
+                continue
+            kids = [self.state.tasks[c] for c in g.children]
+            if g.group == "foreach":
+                if not all(k.settled for k in kids):
+                    continue
+                bad = [k for k in kids if k.status != TaskStatus.COMPLETE.value]
+                if not bad:
+                    self.emit({"type": "group_ended", "task": g.id, "status": "complete",
+                               "report": _join_report(g.id, [k.report or {} for k in kids])})
+                    self._outputs.append(g.id)
+                else:
+                    names = ", ".join(k.id for k in bad[:5]) + (" ..." if len(bad) > 5 else "")
+                    self.emit({"type": "group_ended", "task": g.id, "status": "failed",
+                               "category": "upstream_failed",
+                               "message": f"{len(bad)} of {len(kids)} instances did not complete: {names}"})
+                    self._staged_final(g.id, "failed")
+            else:
+                self._advance_loop(g)
+
+    def _advance_loop(self, g: TaskState) -> None:
+        top = self._top(g.id)
+        assert top is not None and top.loop is not None and g.iteration is not None
+        n = g.iteration
+        maker = self.state.tasks[f"{g.id}.maker.{n}"]
+        checker = self.state.tasks[f"{g.id}.checker.{n}"]
+        if not (maker.settled and checker.settled):
+            return
+
+        def stop(reason: str, category: str, message: str) -> None:
+            self.emit({"type": "group_ended", "task": g.id, "status": "failed",
+                       "exit_reason": reason, "category": category, "message": message,
+                       "report": maker.report})
+            self._staged_final(g.id, "failed")
+
+        if maker.status != TaskStatus.COMPLETE.value or checker.status != TaskStatus.COMPLETE.value:
+            who = maker if maker.status != TaskStatus.COMPLETE.value else checker
+            err = who.error or {}
+            stop("failed", err.get("category", "upstream_failed"),
+                 f"iteration {n}: {who.id} {who.status}: {err.get('message', '')}")
+            return
+        view = {"maker": maker.report, "checker": checker.report, "iteration": n,
+                "inputs": self.state.inputs}
+        try:
+            passed = expr.truthy(expr.render(_as_template(top.loop.until), view))
+        except expr.ExprError as e:
+            stop("failed", "invalid_output", f"until: {e}")
+            return
+        if passed:
+            self.emit({"type": "group_ended", "task": g.id, "status": "complete",
+                       "exit_reason": "passed", "report": maker.report})
+            self._outputs.append(g.id)
+            return
+        prev = self.state.tasks.get(f"{g.id}.maker.{n - 1}")
+        if prev is not None and _same_work(prev.report, maker.report):
+            stop("no_progress", "blocked",
+                 f"the maker returned the same output in iterations {n - 1} and {n}")
+            return
+        if n >= top.loop.max_iterations:
+            stop("max_iterations", "blocked",
+                 f"the checker did not pass after {n} iteration(s) (max_iterations)")
+            return
+        budget = top.loop.budget
+        if budget is not None:
+            spent = sum(self.state.tasks[c].cost_usd for c in g.children)
+            used = sum(self.state.tasks[c].tokens for c in g.children)
+            if (budget.usd is not None and spent >= budget.usd) or (
+                    budget.tokens is not None and used >= budget.tokens):
+                stop("budget", "budget", f"the loop's budget is spent after {n} iteration(s)")
+                return
+        self._iterate(g, top, n + 1)
 
     # ------------------------------------------------------------------ budget
 
@@ -312,14 +507,19 @@ class Scheduler:
         src = self.state.tasks[failed]
         how = {"failed": "failed", "blocked": "is blocked", "skipped": "was skipped",
                "cancelled": "was cancelled"}.get(src.status, src.status)
-        for dep in dependents(self._graph, failed):
+        # Skipping past a false `when:` is not a failure; skipping past a failure is.
+        category = None if src.status == "skipped" and src.error is None else "upstream_failed"
+        graph = {t.id: t.needs for t in self.state.tasks.values()}
+        for dep in dependents(graph, failed):
             t = self.state.tasks[dep]
             if t.status == TaskStatus.PENDING.value and dep not in staged:
                 direct = failed in t.needs
                 reason = (f"needs '{failed}', which {how}" if direct
                           else f"an upstream task ('{failed}') {how}")
-                self.emit({"type": "task_skipped", "task": dep, "reason": reason,
-                           "category": "upstream_failed"})
+                rec = {"type": "task_skipped", "task": dep, "reason": reason}
+                if category:
+                    rec["category"] = category
+                self.emit(rec)
                 staged.add(dep)
 
     # ------------------------------------------------------------------ starting
@@ -336,19 +536,45 @@ class Scheduler:
     def _models(self, tid: str) -> list[str]:
         if self.state.tasks[tid].runner != "llm":
             return []
-        m = self.defn.model_of(tid, self.opt.model_override)
+        m = self.defn.model_for(self._spec(tid), self.opt.model_override)
         if m is None:
             return []
         return list(self.defn.pipeline.models.get(m, [m]))
 
     def _context(self, tid: str) -> dict[str, Any]:
+        """What expressions of a task may name: inputs, the reports it needs, and for
+        children of a group their item or loop state."""
+        t = self.state.tasks[tid]
+        base = self.state.tasks[t.parent] if t.parent else t
         tasks: dict[str, Any] = {}
-        for n in self.state.tasks[tid].needs:
+        for n in base.needs:
             rep = self.state.tasks[n].report or {}
             tasks[n] = {"output": rep.get("output"), "summary": rep.get("summary"),
                         "status": rep.get("status"), "deliverables": rep.get("deliverables", []),
                         "blockers": rep.get("blockers", []), "next": rep.get("next")}
-        return {"inputs": self.state.inputs, "tasks": tasks}
+        ctx: dict[str, Any] = {"inputs": self.state.inputs, "tasks": tasks}
+        if t.role == "instance":
+            ctx["item"] = t.item
+        elif t.role in ("maker", "checker"):
+            ctx["loop"] = self._loop_view(t)
+        return ctx
+
+    def _loop_view(self, t: TaskState) -> dict[str, Any]:
+        """A loop child's view: the iteration, the checker's last feedback and the maker's
+        last output for a maker; the maker's report for a checker."""
+        assert t.parent is not None and t.iteration is not None
+        n = t.iteration
+        get = self.state.tasks.get
+        view: dict[str, Any] = {"iteration": n}
+        if t.role == "maker":
+            prev_checker = get(f"{t.parent}.checker.{n - 1}")
+            prev_maker = get(f"{t.parent}.maker.{n - 1}")
+            view["feedback"] = prev_checker.report if prev_checker else None
+            view["previous"] = prev_maker.report if prev_maker else None
+        else:
+            maker = get(f"{t.parent}.maker.{n}")
+            view["maker"] = maker.report if maker else None
+        return view
 
     def _launch(self, tid: str, now: float) -> None:
         t = self.state.tasks[tid]
@@ -360,20 +586,27 @@ class Scheduler:
             coro = _fail("upstream_failed", f"cannot fill in the task's inputs: {e}")
         except OSError as e:
             coro = _fail("crashed", f"cannot prepare the attempt: {e}")
-        hb = self.defn.heartbeat_of(tid) if tid in self.defn.pipeline.tasks else None
+        spec = self._spec(tid)
         self._running[tid] = _Running(
             task_id=tid, attempt=n, future=asyncio.ensure_future(coro), started=now,
-            deadline=now + self.defn.timeout_of(tid), heartbeat_s=hb, last_life=now,
+            deadline=now + self.defn.timeout_for(spec), heartbeat_s=self.defn.heartbeat_for(spec),
+            last_life=now,
         )
 
     def _attempt(self, t: TaskState, n: int) -> Attempt:
-        spec = self.defn.task(t.id)
+        spec = self._spec(t.id)
         ctx = self._context(t.id)
         with_ = expr.render(spec.with_, ctx)
         argv = [expr.render_str(a, ctx) for a in spec.command] if spec.command else None
         env_extra = {k: expr.render_str(v, ctx) for k, v in {**self.defn.pipeline.defaults.env, **spec.env}.items()}
-        needs = {d: self.state.tasks[d].report or {} for d in t.needs}
-        pkt = prompts.packet(self.state.run_id, t.id, n, with_, needs)
+        needs = {d: self.state.tasks[d].report or {} for d in t.needs if d in self.state.tasks
+                 and self.state.tasks[d].parent is None}
+        extra: dict[str, Any] = {}
+        if t.role == "instance":
+            extra = {"item": t.item, "index": t.index}
+        elif t.role in ("maker", "checker"):
+            extra = {"loop": ctx["loop"]}
+        pkt = prompts.packet(self.state.run_id, t.id, n, with_, needs, extra)
         skill = self.defn.skills.get(spec.skill) if spec.skill else None
 
         task_dir = self.run.task_dir(t.id)
@@ -418,7 +651,7 @@ class Scheduler:
         usd, tokens = self._limits()
         left_usd = None if usd is None else usd - self.state.cost_usd
         left_tok = None if tokens is None else tokens - self.state.tokens
-        spec = self.defn.pipeline.tasks.get(tid)
+        spec = self._top(tid)
         t = self.state.tasks[tid]
         if spec is not None and spec.budget is not None:
             if spec.budget.usd is not None:
@@ -480,7 +713,7 @@ class Scheduler:
                 continue
             if now >= r.deadline:
                 r.kill_reason = "timeout"
-                r.kill_message = f"timed out after {self.defn.timeout_of(r.task_id):g}s"
+                r.kill_message = f"timed out after {self.defn.timeout_for(self._spec(r.task_id)):g}s"
                 r.future.cancel()
                 continue
             if r.heartbeat_s:
@@ -524,8 +757,8 @@ class Scheduler:
         if outcome.details:
             base["details"] = outcome.details
         if outcome.report is not None and outcome.category is None:
-            spec = self.defn.task(t.id) if t.id in self.defn.pipeline.tasks else None
-            skill = self.defn.skills.get(spec.skill) if spec and spec.skill else None
+            spec = self._spec(t.id)
+            skill = self.defn.skills.get(spec.skill) if spec.skill else None
             report, problems = validate_report(outcome.report, skill.output_schema if skill else None)
             if report is None:
                 outcome = Outcome(category="invalid_output", retryable=True,
@@ -544,7 +777,7 @@ class Scheduler:
                 outcome = Outcome(category="command_failed", retryable=False,
                                   message=f"the agent reported FAILED: {report['summary']}")
                 base["report"] = report
-        retry = outcome.retryable and t.failures + 1 <= self.defn.retries_of(t.id)
+        retry = outcome.retryable and t.failures + 1 <= self.defn.retries_for(self._spec(t.id))
         self.emit({**base, "outcome": "failed", "category": outcome.category,
                    "message": outcome.message, "retry": retry})
         if retry:
@@ -552,17 +785,23 @@ class Scheduler:
         else:
             self._staged_final(t.id, "failed")
 
-    def _staged_final(self, tid: str, status: str) -> None:
+    def _staged_final(self, tid: str, status: str, *, error: bool = True) -> None:
         # The skips are decided from the status this ending gives the task.
-        saved = self.state.tasks[tid].status
-        self.state.tasks[tid].status = status
+        t = self.state.tasks[tid]
+        saved, saved_err = t.status, t.error
+        t.status = status
+        if not error:
+            t.error = None
+        elif t.error is None:
+            t.error = {"category": "upstream_failed", "message": ""}
         try:
             self._skip_dependents(tid)
         finally:
-            self.state.tasks[tid].status = saved
+            t.status, t.error = saved, saved_err
 
     def _backoff_delay(self, failures: int) -> float:
-        base = min(self.opt.backoff_cap_s, self.opt.backoff_base_s * 2 ** (failures - 1))
+        first = self.defn.pipeline.defaults.backoff
+        base = min(self.opt.backoff_cap_s, first * 2 ** (failures - 1))
         return base * (0.5 + self.rng.random() / 2)  # jitter: 50-100% of the step
 
     # ------------------------------------------------------------------ stopping
@@ -603,12 +842,15 @@ class Scheduler:
                        "retry": True, "counts": False})
 
     def _final_status(self) -> str:
-        statuses = [t.status for t in self.state.tasks.values()]
+        tasks = list(self.state.tasks.values())
+        statuses = [t.status for t in tasks]
         if self._budget_stop and any(s == TaskStatus.PENDING.value for s in statuses):
             return "budget_exceeded"
         if any(s in PARKED for s in statuses):
             return "paused"
-        if any(s != TaskStatus.COMPLETE.value for s in statuses):
+        # A task skipped by its own false condition (no error) is not a failure.
+        if any(t.status != TaskStatus.COMPLETE.value
+               and not (t.status == TaskStatus.SKIPPED.value and t.error is None) for t in tasks):
             return "failed"
         return "complete"
 
@@ -627,6 +869,33 @@ class Scheduler:
             self._last_beat = now
             with contextlib.suppress(OSError):
                 os.utime(self.run.driver_file)
+
+
+def _as_template(value: str) -> str:
+    return value.strip() if "${{" in value else "${{ " + value + " }}"
+
+
+def _safe_suffix(raw: str) -> str:
+    out = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "_-") else "-" for ch in raw.strip())
+    return out.strip("-")[:64]
+
+
+def _join_report(tid: str, reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """A fan-out group's report: every instance's report, in order, as its output."""
+    deliverables = [d for r in reports for d in r.get("deliverables", [])]
+    return {"status": "COMPLETE", "summary": f"{tid}: {len(reports)} instance(s) complete",
+            "deliverables": deliverables, "blockers": [], "next": None, "output": reports}
+
+
+def _same_work(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    import json  # noqa: PLC0415
+
+    def key(r: dict[str, Any] | None) -> str:
+        r = r or {}
+        return json.dumps(r.get("output") if r.get("output") is not None else r.get("summary"),
+                          sort_keys=True)
+
+    return key(a) == key(b)
 
 
 async def _fail(category: str, message: str) -> Outcome:

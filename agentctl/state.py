@@ -21,6 +21,10 @@ Record types::
     task_cancelled   task reason
     cancel_requested by reason
     run_options      options                        (e.g. a raised budget on resume)
+    task_failed      task category message         (failed before any attempt)
+    tasks_expanded   task instances[{id index item}] (fan-out: logged before any starts)
+    loop_iteration   task iteration maker{id runner effects skill} checker{...}
+    group_ended      task status [report category message exit_reason]
     run_ended        status [reason]
 """
 
@@ -68,6 +72,15 @@ class TaskState:
     cost_usd: float = 0.0
     calls: dict[str, dict[str, Any]] = field(default_factory=dict)  # request_hash -> response
     approved: bool = False
+    # Fan-out and review loops: a group task has children; a child names its parent.
+    parent: str | None = None
+    role: str | None = None  # instance, maker, checker
+    index: int | None = None
+    item: Any = None
+    iteration: int | None = None
+    group: str | None = None  # foreach, loop
+    children: list[str] = field(default_factory=list)
+    exit_reason: str | None = None  # loops: passed, max_iterations, budget, no_progress, failed
 
     @property
     def attempt(self) -> int:
@@ -112,7 +125,9 @@ class RunState:
         return sum(1 for t in self.tasks.values() if t.status == status)
 
     def in_flight(self) -> list[TaskState]:
-        return [t for t in self.tasks.values() if t.status == TaskStatus.RUNNING.value]
+        # A group (fan-out, loop) is "running" while its children run; it has no attempt.
+        return [t for t in self.tasks.values()
+                if t.status == TaskStatus.RUNNING.value and t.group is None]
 
     # ------------------------------------------------------------------ (de)serialisation
 
@@ -227,11 +242,46 @@ def apply(state: RunState, rec: dict[str, Any]) -> None:
             task.attempts[-1].tokens += tokens
             task.attempts[-1].cost_usd += cost
     elif kind == "task_skipped":
+        # A false `when:` skips without an error; an upstream failure carries its category.
         task.status = TaskStatus.SKIPPED.value
         task.reason = rec.get("reason")
-        task.error = {"category": rec.get("category", "upstream_failed"),
-                      "message": rec.get("reason", "")}
+        task.error = ({"category": rec["category"], "message": rec.get("reason", "")}
+                      if rec.get("category") else None)
         task.ended_at = at
+    elif kind == "task_failed":
+        task.status = TaskStatus.FAILED.value
+        task.error = {"category": rec["category"], "message": rec.get("message", "")}
+        task.ended_at = at
+    elif kind == "tasks_expanded":
+        task.group = "foreach"
+        task.status = TaskStatus.RUNNING.value
+        task.started_at = task.started_at or at
+        for inst in rec["instances"]:
+            _add_child(state, task, inst["id"], "instance", needs=list(task.needs),
+                       index=inst["index"], item=inst.get("item"))
+    elif kind == "loop_iteration":
+        task.group = "loop"
+        task.status = TaskStatus.RUNNING.value
+        task.started_at = task.started_at or at
+        n = rec["iteration"]
+        task.iteration = n
+        maker, checker = rec["maker"], rec["checker"]
+        _add_child(state, task, maker["id"], "maker", needs=list(task.needs), iteration=n,
+                   runner=maker["runner"], effects=maker["effects"], skill=maker.get("skill"))
+        _add_child(state, task, checker["id"], "checker", needs=[maker["id"]], iteration=n,
+                   runner=checker["runner"], effects=checker["effects"], skill=checker.get("skill"))
+    elif kind == "group_ended":
+        task.exit_reason = rec.get("exit_reason")
+        task.ended_at = at
+        if rec["status"] == "complete":
+            task.status = TaskStatus.COMPLETE.value
+            task.report = rec.get("report")
+            task.error = None
+        else:
+            task.status = rec["status"]
+            task.report = rec.get("report")
+            task.error = {"category": rec.get("category", "upstream_failed"),
+                          "message": rec.get("message", "")}
     elif kind == "task_needs_review":
         task.status = TaskStatus.NEEDS_REVIEW.value
         task.reason = rec.get("reason")
@@ -265,6 +315,19 @@ def apply(state: RunState, rec: dict[str, Any]) -> None:
         task.failures = 0
         task.report = None
         task.ended_at = None
+
+
+def _add_child(state: RunState, parent: TaskState, cid: str, role: str, *, needs: list[str],
+               index: int | None = None, item: Any = None, iteration: int | None = None,
+               runner: str | None = None, effects: str | None = None,
+               skill: str | None = None) -> None:
+    state.tasks[cid] = TaskState(
+        id=cid, wave=parent.wave, needs=needs, effects=effects or parent.effects,
+        runner=runner or parent.runner, skill=skill if role != "instance" else parent.skill,
+        heartbeat=parent.heartbeat, parent=parent.id, role=role, index=index, item=item,
+        iteration=iteration,
+    )
+    parent.children.append(cid)
 
 
 def _error(rec: dict[str, Any]) -> dict[str, str] | None:

@@ -46,10 +46,10 @@ def live_status(run: store.RunDir, state: RunState) -> tuple[str, dict[str, Any]
 
 def task_rows(run: store.RunDir, state: RunState, run_alive: bool) -> list[dict[str, Any]]:
     rows = []
-    for t in sorted(state.tasks.values(), key=lambda t: t.wave):
+    for t in ordered(state):
         hb = run.heartbeat_age(t.id) if t.status == "running" else None
         status = t.status
-        if status == "running" and (not run_alive or (
+        if status == "running" and t.group is None and (not run_alive or (
                 t.heartbeat and hb is not None and hb > 3 * t.heartbeat)):
             status = "stale"
         rows.append({
@@ -58,7 +58,29 @@ def task_rows(run: store.RunDir, state: RunState, run_alive: bool) -> list[dict[
             "started_at": t.started_at, "ended_at": t.ended_at,
             "tokens": t.tokens, "cost_usd": round(t.cost_usd, 6), "error": t.error,
         })
+        if t.parent is not None:
+            rows[-1]["parent"] = t.parent
+            if t.iteration is not None:
+                rows[-1]["iteration"] = t.iteration
+        if t.group is not None:
+            rows[-1]["group"] = t.group
+            rows[-1]["children"] = len(t.children)
+            if t.exit_reason:
+                rows[-1]["exit_reason"] = t.exit_reason
     return rows
+
+
+def ordered(state: RunState) -> list[Any]:
+    """Tasks wave by wave, in file order, each group's children right after it."""
+    pos = {tid: i for i, tid in enumerate(state.tasks)}
+
+    def key(t: Any) -> tuple[int, int, int]:
+        if t.parent is not None and t.parent in state.tasks:
+            parent = state.tasks[t.parent]
+            return (t.wave, pos[t.parent], 1 + parent.children.index(t.id))
+        return (t.wave, pos[t.id], 0)
+
+    return sorted(state.tasks.values(), key=key)
 
 
 def run_json(run: store.RunDir, state: RunState) -> dict[str, Any]:
