@@ -26,13 +26,19 @@ TEMPLATE = re.compile(r"\$\{\{(.*?)\}\}", re.S)
 
 _TOKEN = re.compile(
     r"""\s*(?:
-      (?P<num>-?\d+(?:\.\d+)?)
+      (?P<name>[A-Za-z_][A-Za-z0-9_-]*|\d+[A-Za-z_-][A-Za-z0-9_-]*)
+    | (?P<num>-?\d+(?:\.\d+)?)
     | (?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
     | (?P<op>==|!=|<=|>=|&&|\|\||[<>!()\[\].])
-    | (?P<name>[A-Za-z_][A-Za-z0-9_-]*)
     )""",
     re.X,
 )
+
+
+# A real expression is a path or a short condition; these bounds keep the recursive parser
+# and evaluator far from Python's recursion limit whatever a file contains.
+MAX_TOKENS = 200
+MAX_NESTING = 32
 
 
 class ExprError(Exception):
@@ -81,6 +87,8 @@ def _tokenize(src: str) -> list[tuple[str, str]]:
         kind = m.lastgroup or ""
         tokens.append((kind, m.group(kind)))
         pos = m.end()
+        if len(tokens) > MAX_TOKENS:
+            raise ExprError(f"expression is too long (more than {MAX_TOKENS} tokens)")
     return tokens
 
 
@@ -88,6 +96,12 @@ class _Parser:
     def __init__(self, src: str) -> None:
         self.tokens = _tokenize(src)
         self.i = 0
+        self.depth = 0
+
+    def nest(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise ExprError(f"expression is nested more than {MAX_NESTING} levels deep")
 
     def peek(self) -> tuple[str, str] | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -126,6 +140,7 @@ class _Parser:
     def not_(self) -> Node:
         if self.peek() == ("op", "!"):
             self.take()
+            self.nest()
             return Not(self.not_())
         return self.cmp()
 
@@ -144,6 +159,7 @@ class _Parser:
         if kind == "str":
             return Lit(_unquote(value))
         if kind == "op" and value == "(":
+            self.nest()
             node = self.or_()
             self.take(")")
             return node
@@ -158,9 +174,13 @@ class _Parser:
                 if tok == ("op", "."):
                     self.take()
                     k, v = self.take()
-                    if k not in ("name", "num") or (k == "num" and not v.isdigit()):
+                    if k == "num" and re.fullmatch(r"\d+(\.\d+)?", v):
+                        # `items.0.1` reads as the number 0.1 after the first '.'
+                        parts.extend(int(x) for x in v.split("."))
+                    elif k == "name":
+                        parts.append(v)
+                    else:
                         raise ExprError(f"expected a field name after '.', found {v!r}")
-                    parts.append(int(v) if k == "num" else v)
                 elif tok == ("op", "["):
                     self.take()
                     k, v = self.take()
@@ -186,18 +206,28 @@ def parse(src: str) -> Node:
 
 
 def paths(node: Node) -> list[Path]:
-    if isinstance(node, Path):
-        return [node]
-    if isinstance(node, Not):
-        return paths(node.operand)
-    if isinstance(node, BinOp):
-        return paths(node.left) + paths(node.right)
-    return []
+    """Every path an expression names, left to right."""
+    out: list[Path] = []
+    todo: list[Node] = [node]
+    while todo:
+        n = todo.pop()
+        if isinstance(n, Path):
+            out.append(n)
+        elif isinstance(n, Not):
+            todo.append(n.operand)
+        elif isinstance(n, BinOp):
+            todo += [n.right, n.left]
+    return out
 
 
 def template_exprs(value: str) -> list[str]:
     """The expression sources inside ``${{ }}`` in a string."""
     return [m.group(1) for m in TEMPLATE.finditer(value)]
+
+
+def unclosed(value: str) -> bool:
+    """True when a ``${{`` has no ``}}`` after it: a typo that would pass through as text."""
+    return "${{" in TEMPLATE.sub("", value)
 
 
 class Missing(ExprError):

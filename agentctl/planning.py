@@ -2,6 +2,10 @@
 
 A task's wave is one more than the highest wave among its needs (wave 0 needs nothing), so
 a wave is exactly the set of tasks whose needs are all settled once the wave before settles.
+
+Graphs are ``task -> the tasks it needs``, in the pipeline file's order; a need that is not a
+task of the graph is ignored here (the loader reports it). Nothing here recurses, so a chain
+of ten thousand tasks plans as easily as three.
 """
 
 from __future__ import annotations
@@ -9,79 +13,124 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 
-def find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
-    """A cycle in ``task -> needs``, as a closed path ``[a, b, c, a]``, or None."""
-    WHITE, GREY, BLACK = 0, 1, 2
-    color = dict.fromkeys(graph, WHITE)
-    for start in graph:
-        if color[start] != WHITE:
+def _deps(graph: Mapping[str, Sequence[str]], task: str) -> list[str]:
+    return [d for d in dict.fromkeys(graph.get(task, ())) if d in graph]
+
+
+def find_cycles(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """One cycle per group of tasks that need each other, each as a closed path
+    ``[a, b, c, a]`` read "a needs b needs c needs a", starting at the group's first task in
+    file order. A task that needs itself is a cycle ``[a, a]``."""
+    order = {t: i for i, t in enumerate(graph)}
+    cycles = []
+    for comp in _strongly_connected(graph):
+        members = set(comp)
+        start = min(comp, key=order.__getitem__)
+        if len(comp) == 1 and start not in _deps(graph, start):
             continue
-        stack: list[tuple[str, int]] = [(start, 0)]
-        path: list[str] = [start]
-        color[start] = GREY
-        while stack:
-            node, i = stack[-1]
-            deps = [d for d in graph.get(node, ()) if d in graph]
+        cycles.append(_cycle_within(graph, members, start))
+    cycles.sort(key=lambda c: order[c[0]])
+    return cycles
+
+
+def find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
+    """The first cycle of ``find_cycles``, or None."""
+    cycles = find_cycles(graph)
+    return cycles[0] if cycles else None
+
+
+def _strongly_connected(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
+    """Tarjan's algorithm, iteratively."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    out: list[list[str]] = []
+    counter = 0
+    for root in graph:
+        if root in index:
+            continue
+        work: list[tuple[str, int]] = [(root, 0)]
+        while work:
+            node, i = work[-1]
+            if i == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            deps = _deps(graph, node)
             if i < len(deps):
-                stack[-1] = (node, i + 1)
+                work[-1] = (node, i + 1)
                 nxt = deps[i]
-                if color[nxt] == GREY:
-                    cyc = path[path.index(nxt):] + [nxt]
-                    # Read as "a needs b needs c needs a".
-                    return cyc
-                if color[nxt] == WHITE:
-                    color[nxt] = GREY
-                    stack.append((nxt, 0))
-                    path.append(nxt)
-            else:
-                color[node] = BLACK
-                stack.pop()
-                path.pop()
-    return None
+                if nxt not in index:
+                    work.append((nxt, 0))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp.append(w)
+                    if w == node:
+                        break
+                out.append(comp)
+    return out
+
+
+def _cycle_within(graph: Mapping[str, Sequence[str]], members: set[str], start: str) -> list[str]:
+    """A shortest path from ``start`` back to itself inside one strongly connected group."""
+    prev: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        nxt: list[str] = []
+        for node in frontier:
+            for d in _deps(graph, node):
+                if d not in members:
+                    continue
+                if d == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(prev[path[-1]])
+                    return [start, *reversed(path[:-1]), start] if node != start else [start, start]
+                if d not in prev:
+                    prev[d] = node
+                    nxt.append(d)
+        frontier = nxt
+    raise ValueError(f"{start} is not on a cycle")  # unreachable for a strongly connected group
 
 
 def waves(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
-    """Group tasks into waves, keeping the file's order within a wave. The graph must be
-    acyclic (check with ``find_cycle`` first)."""
+    """Group tasks into waves, keeping the file's order within a wave. Raises ValueError on a
+    cycle (check with ``find_cycles`` first)."""
     level: dict[str, int] = {}
-
-    def depth(t: str, trail: frozenset[str] = frozenset()) -> int:
-        if t in level:
-            return level[t]
-        if t in trail:
-            raise ValueError(f"cycle through {t}")
-        deps = [d for d in graph.get(t, ()) if d in graph]
-        level[t] = 0 if not deps else 1 + max(depth(d, trail | {t}) for d in deps)
-        return level[t]
-
-    # Iterative order keeps recursion shallow for long chains.
+    waiting = {t: len(_deps(graph, t)) for t in graph}
+    needed_by: dict[str, list[str]] = {t: [] for t in graph}
     for t in graph:
-        for d in _topo_from(t, graph):
-            depth(d)
+        for d in _deps(graph, t):
+            needed_by[d].append(t)
+    ready = [t for t, n in waiting.items() if n == 0]
+    for t in ready:
+        level[t] = 0
+    while ready:
+        t = ready.pop()
+        for u in needed_by[t]:
+            level[u] = max(level.get(u, 0), level[t] + 1)
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                ready.append(u)
+    if len(level) < len(graph) or any(waiting.values()):
+        stuck = next(t for t in graph if waiting[t])
+        raise ValueError(f"cycle through {stuck}")
     out: list[list[str]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
     for t in graph:
         out[level[t]].append(t)
     return out
-
-
-def _topo_from(start: str, graph: Mapping[str, Sequence[str]]) -> list[str]:
-    """Dependencies of ``start`` in post-order (deepest first), without recursion."""
-    order: list[str] = []
-    seen: set[str] = set()
-    stack: list[tuple[str, bool]] = [(start, False)]
-    while stack:
-        node, done = stack.pop()
-        if done:
-            order.append(node)
-            continue
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.append((node, True))
-        for d in graph.get(node, ()):
-            if d in graph and d not in seen:
-                stack.append((d, False))
-    return order
 
 
 def wave_of(graph: Mapping[str, Sequence[str]]) -> dict[str, int]:
@@ -101,7 +150,7 @@ def dependents(graph: Mapping[str, Sequence[str]], task: str) -> list[str]:
     while frontier:
         nxt = []
         for t in frontier:
-            for u in rev[t]:
+            for u in rev.get(t, ()):
                 if u not in seen:
                     seen.add(u)
                     out.append(u)

@@ -61,25 +61,53 @@ def split_frontmatter(text: str) -> tuple[str, str, int, list[str]]:
 
 
 _KEY_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.-]*)\s*:(?:\s+(.*)|\s*)$")
+_OPEN_TAG = re.compile(r"^\s*<([A-Za-z][A-Za-z0-9_-]*)(?:\s[^<>]*)?>")
+_CLOSE_TAG = re.compile(r"</([A-Za-z][A-Za-z0-9_-]*)\s*>")
+
+
+def _fold(lines: list[str]) -> str:
+    """Join the lines of a plain scalar as YAML folds them: a blank line is a line break."""
+    out: list[str] = []
+    for line in (x.strip() for x in lines):
+        if not line:
+            out.append("\n")
+        elif out and out[-1] != "\n":
+            out.append(" " + line)
+        else:
+            out.append(line)
+    return "".join(out).strip()
+
+
+def _scalar(text: str) -> Any:
+    """A one-line value as YAML reads it when it can ('quoted', [a, b], 42), else its text."""
+    try:
+        value = yamlsafe.load("v: " + text).data
+    except yamlsafe.YamlError:
+        return text
+    return value["v"] if isinstance(value, dict) and "v" in value else text
 
 
 def _lenient_frontmatter(text: str) -> dict[str, Any]:
     """Read 'key: value' lines when the frontmatter is not valid YAML.
 
-    A value runs until the next top-level key; indented lines continue it. Nested
-    blocks that do parse as YAML on their own (metadata: ...) are parsed as such.
+    A value runs until the next top-level key; indented lines continue it, and so does
+    everything inside an open <tag>...</tag> block (Claude Code agents put <example> blocks,
+    with 'user:' and 'assistant:' lines, in a plain description). Nested blocks that parse as
+    YAML on their own (metadata: ...) are parsed as such.
     """
     out: dict[str, Any] = {}
     key: str | None = None
     buf: list[str] = []
+    open_tags: list[str] = []
 
     def flush() -> None:
         if key is None:
             return
         first, rest = (buf[0] if buf else ""), buf[1:]
+        while rest and not rest[-1].strip():
+            rest.pop()
         value: Any
         if first in ("|", "|-", "|+", ">", ">-", ">+") or (first == "" and rest):
-            block = "\n".join(line.strip() for line in rest)
             if first == "" and rest:
                 try:
                     parsed = yamlsafe.load(f"{key}:\n" + "\n".join(rest)).data
@@ -88,20 +116,32 @@ def _lenient_frontmatter(text: str) -> dict[str, Any]:
                         return
                 except yamlsafe.YamlError:
                     pass
-            value = block if first.startswith("|") else " ".join(block.split("\n"))
+            if first.startswith("|"):
+                value = "\n".join(line.strip() for line in rest)
+            else:
+                value = _fold(rest)
+        elif rest:
+            value = _fold([first, *rest])
         else:
-            value = " ".join([first, *(line.strip() for line in rest)]).strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]
+            value = _scalar(first)
         out[key] = value
 
     for raw in text.splitlines():
         m = _KEY_LINE.match(raw)
-        if m and not raw[:1].isspace():
+        if m and not raw[:1].isspace() and not open_tags:
             flush()
             key, buf = m.group(1), [(m.group(2) or "").strip()]
-        elif key is not None:
+            continue
+        if key is not None:
             buf.append(raw)
+        # Only a tag that begins a line opens a block: `List<String>` in a sentence does not.
+        opened = _OPEN_TAG.match(raw)
+        if opened:
+            open_tags.append(opened.group(1).lower())
+        for tag in _CLOSE_TAG.findall(raw):
+            if tag.lower() in open_tags:
+                # Close the innermost tag of that name, and anything left open inside it.
+                del open_tags[len(open_tags) - 1 - open_tags[::-1].index(tag.lower()):]
     flush()
     return out
 
@@ -150,8 +190,9 @@ def load_skill(path: Path, *, expected_name: str | None = None) -> Skill:
             f"name '{name}' breaks the spec's rule (lowercase letters, digits and single "
             "hyphens, at most 64 characters)"
         )
-    if name != folder and path.name == "SKILL.md":
-        warnings.append(f"name '{name}' differs from its folder '{folder}'")
+    if name != folder:
+        where = f"its folder '{folder}'" if path.name == "SKILL.md" else f"its file name '{path.name}'"
+        warnings.append(f"name '{name}' differs from {where}")
 
     description = data.get("description")
     if description is None or (isinstance(description, str) and not description.strip()):
@@ -163,9 +204,11 @@ def load_skill(path: Path, *, expected_name: str | None = None) -> Skill:
     if len(description) > 1024:
         warnings.append(f"description is {len(description)} characters (the spec allows 1024)")
 
-    for key in data:
-        if key not in SPEC_FIELDS:
-            warnings.append(f"unknown field '{key}' (not in the Agent Skills spec); ignored")
+    unknown = [str(k) for k in data if k not in SPEC_FIELDS]
+    if unknown:
+        listed = ", ".join(f"'{k}'" for k in unknown)
+        warnings.append(f"unknown field{'s' if len(unknown) > 1 else ''} {listed} (not in the Agent "
+                        "Skills spec; agentctl's own settings go in metadata); ignored")
 
     metadata = data.get("metadata") or {}
     if not isinstance(metadata, dict):
@@ -178,7 +221,7 @@ def load_skill(path: Path, *, expected_name: str | None = None) -> Skill:
     tools_raw = data.get("allowed-tools")
     tools: list[str] = []
     if isinstance(tools_raw, str):
-        if "," in tools_raw:
+        if "," in re.sub(r"\([^()]*\)", "", tools_raw):  # Bash(a, b) is one tool
             warnings.append("'allowed-tools' is comma-separated; the spec separates with spaces")
             tools = [t.strip() for t in tools_raw.split(",") if t.strip()]
         else:
@@ -218,21 +261,40 @@ def load_output_schema(skill: Skill) -> None:
     rel = skill.metadata.get("agentctl.output")
     if not rel:
         return
+    line = _line_of(skill.path, "agentctl.output")
     base = skill.path.parent.resolve()
     target = (base / str(rel)).resolve()
     if base not in target.parents:
-        raise SkillRefused(f"agentctl.output '{rel}' points outside the skill's folder")
+        raise SkillRefused(f"agentctl.output '{rel}' points outside the skill's folder", line)
     try:
         schema = json.loads(target.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise SkillRefused(f"agentctl.output '{rel}' does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SkillRefused(f"agentctl.output '{rel}' is not valid JSON: {e}") from None
-    import jsonschema  # noqa: PLC0415 - only needed when a skill declares a schema
+        raise SkillRefused(f"agentctl.output '{rel}' does not exist", line) from None
+    except json.JSONDecodeError as e:
+        raise SkillRefused(f"agentctl.output '{rel}' is not valid JSON: {e.msg} "
+                           f"(line {e.lineno}, column {e.colno})", line) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SkillRefused(f"agentctl.output '{rel}' cannot be read: {e}", line) from None
+    if not isinstance(schema, dict):
+        raise SkillRefused(f"agentctl.output '{rel}' must hold a JSON object (a JSON Schema)", line)
+    import jsonschema  # imported here: only needed when a skill declares a schema
 
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as e:
-        raise SkillRefused(f"agentctl.output '{rel}' is not a valid JSON Schema: {e.message}") from None
+        first = " ".join(e.message.split())
+        raise SkillRefused(f"agentctl.output '{rel}' is not a valid JSON Schema: {first}", line) from None
     skill.output_schema = schema
     skill.output_schema_path = target
+
+
+def _line_of(path: Path, needle: str) -> int | None:
+    """The first line of ``path`` that mentions ``needle`` (for pointing at a metadata entry)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for i, line in enumerate(text.splitlines(), 1):
+        if needle in line:
+            return i
+    return None
