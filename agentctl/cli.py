@@ -58,6 +58,13 @@ def _fail(e: AgentctlError) -> NoReturn:
     raise typer.Exit(e.exit_code)
 
 
+def _console() -> Any:
+    """A terminal's own width; 140 columns into a pipe or file, where 80 would fold tables."""
+    from rich.console import Console  # noqa: PLC0415
+
+    return Console() if sys.stdout.isatty() or os.environ.get("COLUMNS") else Console(width=140)
+
+
 def _state_dir(path: Path) -> Any:
     from agentctl.store import StateDir  # noqa: PLC0415
 
@@ -219,7 +226,7 @@ def status(
                 return render.runs_table(d)
             return render.run_table(d)
 
-        console = Console()
+        console = _console()
         if not watch:
             console.print(view(data))
             return
@@ -253,7 +260,7 @@ def validate(
         engine.check_runners(defn, _registry())
     except AgentctlError as e:
         _fail(e)
-    Console().print(render.waves_table(defn))
+    _console().print(render.waves_table(defn))
     for w in defn.warnings:
         _err(str(w))
     _err(f"{pipeline}: ok ({len(defn.pipeline.tasks)} tasks, {len(defn.warnings)} warning(s))")
@@ -365,6 +372,25 @@ def trace(
         trace_.command(_state_dir(state_dir), run_id, task, as_json=as_json, out=sys.stdout)
     except AgentctlError as e:
         _fail(e)
+
+
+@app.command()
+def report(
+    run_id: Annotated[str | None, typer.Argument(help="The run (default: the newest).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write (default: the run's report.html).")] = None,
+    state_dir: StateDirOpt = Path("state"),
+) -> None:
+    """Write one self-contained HTML file: the run's timeline, each task's packet and report."""
+    from agentctl import report_html  # noqa: PLC0415
+
+    try:
+        path = report_html.command(_state_dir(state_dir), run_id, output)
+    except AgentctlError as e:
+        _fail(e)
+    except OSError as e:
+        _err(f"agentctl: error: cannot write the report: {e}")
+        raise typer.Exit(1) from None
+    print(path)
 
 
 def main() -> None:
