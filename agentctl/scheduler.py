@@ -192,6 +192,9 @@ class Scheduler:
                 if not self._running:
                     if all(t.settled or t.status in PARKED for t in self.state.tasks.values()):
                         break
+                    for tid in [k for k in self._backoff
+                                if self.state.tasks[k].status != TaskStatus.PENDING.value]:
+                        del self._backoff[tid]  # taken over or reset by a person meanwhile
                     if self._backoff:
                         wait = max(0.0, min(self._backoff.values()) - self.clock())
                         await asyncio.sleep(min(wait, self.opt.tick_s))
