@@ -83,13 +83,13 @@ def _parse_inputs(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def _reporter(json_lines: bool = False) -> Any:
+def _reporter(state_dir: Path | None = None) -> Any:
     from agentctl.render import LineReporter, LiveReporter  # noqa: PLC0415
 
     if sys.stdout.isatty() and not os.environ.get("AGENTCTL_PLAIN"):
         from rich.console import Console  # noqa: PLC0415
 
-        return LiveReporter(Console())
+        return LiveReporter(Console(), _state_dir(state_dir) if state_dir else None)
     return LineReporter()
 
 
@@ -125,7 +125,7 @@ def run(
 
     try:
         registry = _registry()
-        reporter = _reporter()
+        reporter = _reporter(state_dir)
         preflight = _preflight()
         with _maybe_live(reporter):
             outcome = engine.start(pipeline, _state_dir(state_dir), inputs=_parse_inputs(input_),
@@ -174,7 +174,7 @@ def resume(
     if budget_tokens is not None:
         budget["budget_tokens"] = budget_tokens
     try:
-        reporter = _reporter()
+        reporter = _reporter(state_dir)
         with _maybe_live(reporter):
             outcome = engine.resume(_state_dir(state_dir), run_id, registry=_registry(),
                                     reporter=reporter, retry_failed=retry_failed,

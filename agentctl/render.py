@@ -135,14 +135,15 @@ def run_table(data: dict[str, Any]) -> Group:
 # --------------------------------------------------------------------------- live progress
 
 
-def _state_rows(state: RunState) -> dict[str, Any]:
-    now = time.time()
+def _state_rows(state: RunState, beat_age: Any = None) -> dict[str, Any]:
     tasks = []
     for t in state.tasks.values():
+        age = beat_age(t.id) if beat_age is not None and t.status == "running" and t.group is None else None
         tasks.append({"id": t.id, "wave": t.wave, "status": t.status, "attempts": t.attempt,
-                      "heartbeat_age_s": None, "started_at": t.started_at, "ended_at": t.ended_at,
-                      "tokens": t.tokens, "cost_usd": t.cost_usd, "error": t.error})
-    del now
+                      "heartbeat_age_s": age, "started_at": t.started_at, "ended_at": t.ended_at,
+                      "tokens": t.tokens, "cost_usd": t.cost_usd, "error": t.error,
+                      "group": t.group, "children": len(t.children), "exit_reason": t.exit_reason})
+    tasks.sort(key=lambda r: r["wave"])
     return {"run_id": state.run_id, "pipeline": state.pipeline, "status": state.status,
             "driver": {"pid": None, "alive": True, "heartbeat_age_s": None}, "tasks": tasks,
             "totals": {"tasks": len(tasks), "complete": state.count("complete"),
@@ -152,10 +153,12 @@ def _state_rows(state: RunState) -> dict[str, Any]:
 class LiveReporter:
     """A rich live table, for a terminal."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, state_dir: Any = None) -> None:
         self.console = console
+        self.state_dir = state_dir
         self.live: Live | None = None
         self._last = 0.0
+        self._state: RunState | None = None
 
     def __enter__(self) -> LiveReporter:
         self.live = Live(console=self.console, refresh_per_second=4, transient=False)
@@ -164,17 +167,26 @@ class LiveReporter:
 
     def __exit__(self, *exc: object) -> None:
         if self.live is not None:
+            if self._state is not None:
+                self._last = 0.0
+                self.tick(self._state)  # the final state, not the last throttled frame
             self.live.__exit__(None, None, None)
 
     def event(self, rec: dict[str, Any], state: RunState) -> None:
         self.tick(state)
 
     def tick(self, state: RunState) -> None:
+        self._state = state
         now = time.monotonic()
         if self.live is None or now - self._last < 0.2:
             return
         self._last = now
-        rows = _state_rows(state)
+        beat_age = None
+        if self.state_dir is not None and state.run_id:
+            from agentctl.store import RunDir  # noqa: PLC0415
+
+            beat_age = RunDir(self.state_dir.runs / state.run_id).heartbeat_age
+        rows = _state_rows(state, beat_age)
         if len(rows["tasks"]) > 40:  # keep the screen usable: running and recent only
             rows["tasks"] = [t for t in rows["tasks"] if t["status"] not in ("pending", "complete")][:40]
         self.live.update(run_table(rows))
