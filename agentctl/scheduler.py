@@ -218,6 +218,8 @@ class Scheduler:
             status = self._final_status()
             return self._end(status, self._budget_stop if status == "budget_exceeded" else None)
         finally:
+            with contextlib.suppress(Exception):  # a runner's cleanup must not mask the ending
+                await self.registry.aclose()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)

@@ -105,3 +105,12 @@ class Registry:
                 factory = getattr(import_module(module), attr)
             self._instances[name] = factory()
         return self._instances[name]
+
+    async def aclose(self) -> None:
+        """At the end of a drive, while its event loop still runs: runners that keep
+        per-loop resources (the llm runner's HTTP clients) release them. Opt in with
+        ``async def aclose(self)``."""
+        for runner in list(self._instances.values()):
+            close = getattr(runner, "aclose", None)
+            if close is not None:
+                await close()
