@@ -1,11 +1,638 @@
-"""The ``llm`` runner: a model call through litellm. (Built by the LLM issue.)"""
+"""The ``llm`` runner: one attempt of an llm task is a conversation with a model, through litellm.
+
+This is the only module that imports litellm, and only once an llm task is about to run (or
+``preflight`` sees one). Before the import it sets ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (no
+price map from the internet), ``LITELLM_MODE=PRODUCTION`` (no ``.env`` from parent folders) and
+``HF_HUB_OFFLINE=1`` (no 23 s of retries to huggingface.co when counting tokens), unless the
+user set them; after it, litellm's banner is turned off and the ``offline/...`` provider
+(``agentctl.offline``) is registered.
+
+One attempt, in order:
+
+1. The system message is the skill's body; the user message is ``prompts.user_message``: the
+   task's inputs, the reports of the tasks it needs, and the report contract.
+2. Each turn sends the conversation to the task's models in order (``attempt.models``: the
+   model and its fallbacks). A retryable error (429, 5xx, timeout, connection) is retried
+   ``retries`` times with exponential backoff and jitter (a ``Retry-After`` from the server
+   wins), then the next model is tried. A non-retryable error (authentication, bad request,
+   context too long) ends the attempt at once, naming what it was.
+3. A response is logged durably (``attempt.record_call``: a WAL record, fsync'd) *before* it
+   is used. A request whose response an earlier attempt of the task already paid for
+   (``attempt.cached_calls``, keyed by the request's hash) is not sent again.
+4. After each call the attempt's budget is checked: over it, a valid report is still taken
+   (the money is spent), but no further call is made.
+5. The reply must be a valid report. One that is not goes back to the model with the
+   problems, at most ``max_repairs`` times; then the task fails as ``invalid_output``, not
+   retried (the model has had its chances, and a new attempt would replay the same replies).
+6. Everything sent and received is kept in the attempt's directory, secrets masked:
+   ``call-NNN.json`` per request (and per failed try), ``exchange.json`` for the conversation.
+
+Model strings are litellm's, with agentctl's options after a ``?``::
+
+    openai/gpt-4o-mini?api_base=http://127.0.0.1:8080/v1&timeout=30s&retries=3
+
+``api_base`` (where to send; litellm also reads ``OPENAI_API_BASE`` and friends), ``timeout``
+(per call), ``retries`` (of a retryable error, per model and turn; default 2), ``backoff``
+(the first wait, default 1s; it doubles, capped at 30 s), and the model parameters
+``temperature``, ``max_tokens``, ``seed``, ``top_p``. ``offline/...`` models take their own
+options too (see ``agentctl.offline``). The request hash covers the model, messages and
+parameters, not where the request is sent nor how it is retried.
+
+Test hook: ``AGENTCTL_TEST_PAUSE_AFTER_CALL=<seconds>`` sleeps that long right after a
+response is logged and before it is used, so a test can SIGKILL the driver at that point.
+"""
 
 from __future__ import annotations
 
-from agentctl.errors import RunnerError
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl
+
+from agentctl import offline, prompts, redact
+from agentctl.errors import DefinitionError, Diagnostic, RunnerError
+from agentctl.models import parse_duration
+from agentctl.reports import validate_report
 from agentctl.runners.base import Attempt, Outcome
+from agentctl.store import write_json_atomic
+
+T = TypeVar("T")
+
+LITELLM_ENV = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_MODE": "PRODUCTION",
+    "HF_HUB_OFFLINE": "1",
+}
+PAUSE_ENV = "AGENTCTL_TEST_PAUSE_AFTER_CALL"
+BACKOFF_CAP_S = 30.0
+BEAT_EVERY_S = 1.0
+GENERIC_SYSTEM = ("You are one agent in a pipeline. Do the task described by your inputs, "
+                  "and answer with the report asked for.")
+
+# --------------------------------------------------------------------------- loading litellm
+
+_lock = threading.Lock()
+_litellm: Any = None
+
+
+def _set_env() -> None:
+    for key, value in LITELLM_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def load() -> Any:
+    """litellm, imported and set up once per process (thread-safe)."""
+    global _litellm
+    with _lock:
+        if _litellm is None:
+            _set_env()
+            import litellm
+
+            litellm.suppress_debug_info = True
+            offline.register(litellm)
+            _litellm = litellm
+    return _litellm
+
+
+def start_import() -> None:
+    """Import litellm in a background thread, so its seconds overlap the run's start."""
+    if _litellm is not None:
+        return
+    _set_env()  # before the thread starts: os.environ is not for threads to race on
+    threading.Thread(target=load, name="agentctl-import-litellm", daemon=True).start()
+
+
+async def aclose() -> None:
+    """Release what litellm keeps bound to the running event loop: its HTTP clients (else
+    their sockets are reported unclosed when the loop is gone) and its logging worker (else
+    its queued coroutines are carried over to the next loop, or never awaited)."""
+    if _litellm is None:
+        return
+    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+    from litellm.llms.custom_httpx.async_client_cleanup import (
+        close_litellm_async_clients,
+    )
+
+    await asyncio.sleep(0)  # let finished calls enqueue their logging coroutines
+    with contextlib.suppress(Exception):  # best effort: litellm's logging is not ours
+        await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), timeout=5)
+    await GLOBAL_LOGGING_WORKER.stop()
+    await close_litellm_async_clients()  # type: ignore[no-untyped-call]
+    _litellm.in_memory_llm_clients_cache.flush_cache()
+
+
+# --------------------------------------------------------------------------- model strings
+
+PASS_PARAMS: dict[str, type] = {"temperature": float, "max_tokens": int, "seed": int, "top_p": float}
+RUNNER_OPTS = ("api_base", "timeout", "retries", "backoff")
+
+
+class ModelError(ValueError):
+    """A model string agentctl cannot use (one line, for the user)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    raw: str  # as written in the pipeline
+    model: str  # as sent to litellm (an offline model keeps its own options)
+    offline: bool
+    api_base: str | None = None
+    timeout_s: float | None = None
+    retries: int = 2
+    backoff_s: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_model(raw: str) -> ModelSpec:
+    name, _, query = raw.partition("?")
+    if not name:
+        raise ModelError(f"model '{raw}' has no name")
+    is_offline = name.startswith(offline.PROVIDER + "/")
+    opts: dict[str, str] = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
+    kept: dict[str, str] = {}
+    spec: dict[str, Any] = {"params": {}}
+    for key, value in opts.items():
+        try:
+            if key == "api_base":
+                spec["api_base"] = value
+            elif key == "timeout":
+                spec["timeout_s"] = parse_duration(value)
+            elif key == "retries":
+                spec["retries"] = int(value)
+                if spec["retries"] < 0:
+                    raise ValueError("must be 0 or more")
+            elif key == "backoff":
+                spec["backoff_s"] = parse_duration(value)
+            elif key in PASS_PARAMS:
+                spec["params"][key] = PASS_PARAMS[key](value)
+            elif is_offline:
+                kept[key] = value
+            else:
+                known = ", ".join([*RUNNER_OPTS, *PASS_PARAMS])
+                raise ModelError(f"model '{raw}': unknown option '{key}' (known: {known})")
+        except (ValueError, TypeError) as e:
+            if isinstance(e, ModelError):
+                raise
+            raise ModelError(f"model '{raw}': {key}={value}: {e}") from None
+    model = name
+    if is_offline:
+        model = name + ("?" + "&".join(f"{k}={v}" for k, v in kept.items()) if kept else "")
+        try:
+            offline.parse(model)
+        except offline.OfflineSpecError as e:
+            raise ModelError(str(e)) from None
+    return ModelSpec(raw=raw, model=model, offline=is_offline, **spec)
+
+
+def request_hash(request: dict[str, Any]) -> str:
+    """The identity of a request: model, messages and parameters, canonically serialised."""
+    blob = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+_formats: dict[str, dict[str, Any] | None] = {}
+
+
+def _response_format(litellm: Any, spec: ModelSpec) -> dict[str, Any] | None:
+    """JSON mode where litellm says the model supports ``response_format``. Only the plain
+    ``json_object`` kind: a schema would make some providers go through tool calls."""
+    if spec.model not in _formats:
+        fmt: dict[str, Any] | None = None
+        if spec.offline:
+            fmt = {"type": "json_object"}
+        else:
+            try:
+                _, provider, _, _ = litellm.get_llm_provider(spec.model)
+                params = litellm.get_supported_openai_params(model=spec.model,
+                                                             custom_llm_provider=provider)
+                if params and "response_format" in params:
+                    fmt = {"type": "json_object"}
+            except Exception:  # an unknown model: ask in the prompt only
+                fmt = None
+        _formats[spec.model] = fmt
+    return _formats[spec.model]
+
+
+# --------------------------------------------------------------------------- preflight
+
+
+def preflight(defn: Any, model_override: str | None = None) -> None:
+    """Before a run starts: every llm task has a model agentctl understands, and the keys
+    its models need are set. Starts litellm's import when the run has llm tasks (and never
+    imports it when it has none)."""
+    where = str(defn.path)
+    diags: list[Diagnostic] = []
+    chains: dict[str, list[ModelSpec]] = {}
+    for tid in defn.pipeline.tasks:
+        if defn.runner_of(tid) != "llm":
+            continue
+        m = defn.model_of(tid, model_override)
+        if m is None:
+            diags.append(Diagnostic(where, None, None, f"tasks.{tid}: no model for this llm "
+                                    "task: set `model:` on it or `defaults.model`, or pass --model"))
+            continue
+        specs = []
+        for raw in defn.pipeline.models.get(m, [m]):
+            try:
+                specs.append(parse_model(raw))
+            except ModelError as e:
+                diags.append(Diagnostic(where, None, None, f"tasks.{tid}: {e}"))
+        chains[tid] = specs
+    if diags:
+        raise DefinitionError(diags)
+    if not chains:
+        return
+    start_import()
+    online = {s.raw: s for specs in chains.values() for s in specs if not s.offline}
+    if not online:
+        return
+    litellm = load()
+    problems: dict[str, str] = {}
+    for raw, spec in online.items():
+        problems_for = _environment_problem(litellm, spec)
+        if problems_for:
+            problems[raw] = problems_for
+    for tid, specs in chains.items():
+        for spec in specs:
+            if spec.raw in problems:
+                diags.append(Diagnostic(where, None, None, f"tasks.{tid}: {problems[spec.raw]}"))
+    if diags:
+        raise DefinitionError(diags)
+
+
+def _environment_problem(litellm: Any, spec: ModelSpec) -> str | None:
+    try:
+        litellm.get_llm_provider(spec.model)
+    except Exception:
+        return (f"model '{spec.model}': litellm cannot tell its provider; write it as "
+                "provider/model (e.g. openai/gpt-4o-mini, anthropic/claude-3-5-haiku-latest)")
+    env = litellm.validate_environment(spec.model, api_base=spec.api_base)
+    missing = [k for k in env.get("missing_keys") or [] if not os.environ.get(k)]
+    if env.get("keys_in_environment") or not missing:
+        return None
+    names = " or ".join(missing)
+    return f"model '{spec.model}' needs {names}, which is not set in the environment"
+
+
+# --------------------------------------------------------------------------- the runner
 
 
 class LLMRunner:
+    max_repairs = 2
+
     async def run(self, attempt: Attempt) -> Outcome:
-        raise RunnerError("provider_error", "the llm runner is not available yet")
+        litellm = _litellm if _litellm is not None else await asyncio.to_thread(load)
+        conv = _Conversation(attempt, litellm, self.max_repairs)
+        try:
+            report = await conv.run()
+        except RunnerError as e:
+            return Outcome(category=e.category, message=redact.default().text(e.message),
+                           retryable=e.retryable, details=conv.details())
+        finally:
+            conv.save()
+        return Outcome(report=report, details=conv.details())
+
+    async def aclose(self) -> None:
+        await aclose()
+
+
+@dataclass
+class _Failure:
+    kind: str
+    retryable: bool
+    message: str
+    retry_after: float | None = None
+
+
+class _Conversation:
+    def __init__(self, attempt: Attempt, litellm: Any, max_repairs: int) -> None:
+        self.a = attempt
+        self.litellm = litellm
+        self.max_repairs = max_repairs
+        self.calls = 0  # requests written to call-NNN.json
+        self.paid = 0  # responses paid for in this attempt
+        self.reused = 0
+        self.tokens = 0
+        self.cost = 0.0
+        self.answered_by: str | None = None
+        self.current = 0  # index in the model chain: later turns start where the last answered
+        self.turns = 0
+        self.problems: list[str] = []
+        self.ending: str = "running"
+        skill = attempt.skill
+        self.messages: list[dict[str, Any]] = [
+            {"role": "system", "content": skill.body.strip() if skill else GENERIC_SYSTEM},
+            {"role": "user", "content": prompts.user_message(attempt.packet, skill)},
+        ]
+        self.output_schema = skill.output_schema if skill else None
+        self.pause = float(os.environ.get(PAUSE_ENV) or 0)
+        self.rng = random.Random(f"{attempt.run_id}/{attempt.task_id}/{attempt.attempt}")
+
+    # ------------------------------------------------------------------ the turns
+
+    async def run(self) -> dict[str, Any]:
+        if not self.a.models:
+            raise RunnerError("provider_error", "no model for this llm task: set `model:` on "
+                              "the task or `defaults.model`, or pass --model")
+        specs = []
+        for raw in self.a.models:
+            try:
+                specs.append(parse_model(raw))
+            except ModelError as e:
+                raise RunnerError("provider_error", str(e)) from None
+        for turn in range(self.max_repairs + 1):
+            self.turns = turn + 1
+            content, over_budget = await self._turn(specs, turn)
+            raw, problems = _parse_reply(content)
+            if raw is not None:
+                report, problems = validate_report(raw, self.output_schema)
+                if report is not None:
+                    self.ending = "report"
+                    self.messages.append({"role": "assistant", "content": content})
+                    return dict(raw)
+            self.problems = problems
+            self.messages.append({"role": "assistant", "content": content})
+            if over_budget:
+                self.ending = "budget"
+                raise RunnerError("budget", self._budget_text() + "; the last reply is not a "
+                                  "valid report (" + "; ".join(problems[:3]) + ")")
+            if turn < self.max_repairs:
+                self.messages.append({"role": "user", "content": _repair_text(problems)})
+        self.ending = "invalid_output"
+        raise RunnerError("invalid_output", f"the reply is not a valid report after "
+                          f"{self.max_repairs} repair(s): " + "; ".join(self.problems[:5]))
+
+    async def _turn(self, specs: list[ModelSpec], turn: int) -> tuple[str, bool]:
+        """One answer to the conversation so far: (its text, whether the budget is spent)."""
+        failures: list[_Failure] = []
+        for index in range(self.current, len(specs)):
+            spec = specs[index]
+            fmt = _response_format(self.litellm, spec)
+            request: dict[str, Any] = {"model": spec.model, "messages": self.messages, **spec.params}
+            if fmt is not None:
+                request["response_format"] = fmt
+            key = request_hash(request)
+            cached = self.a.cached_calls.get(key)
+            if cached is not None:
+                self.reused += 1
+                self._log_call(request, key, turn, spec, 0, response=cached, cached=True)
+                self.current, self.answered_by = index, spec.raw
+                return str(cached.get("content") or ""), False
+            for try_ in range(spec.retries + 1):
+                self._check_budget_before()
+                started = time.perf_counter()
+                result = await self._call(request, key, turn, spec, try_)
+                if isinstance(result, str):
+                    self.current, self.answered_by = index, spec.raw
+                    return result, self._over_budget()
+                failures.append(result)
+                wait = (self._backoff(spec, try_, result)
+                        if result.retryable and try_ < spec.retries else None)
+                self._log_call(request, key, turn, spec, try_, error=result, backoff=wait,
+                               latency=time.perf_counter() - started)
+                if not result.retryable:
+                    raise RunnerError("provider_error", f"{spec.raw}: {result.message}")
+                if wait is not None:
+                    await self._sleep(wait)
+        last = failures[-1]
+        timeouts = all(f.kind == "timeout" for f in failures)
+        tried = ", ".join(s.raw for s in specs[self.current:])
+        raise RunnerError("timeout" if timeouts else "provider_error",
+                          f"no model answered ({tried}); last error: {last.message}",
+                          retryable=True)
+
+    async def _call(self, request: dict[str, Any], key: str, turn: int, spec: ModelSpec,
+                    try_: int) -> str | _Failure:
+        """One request. Returns the reply's text (logged), or the failure (not yet logged)."""
+        litellm = self.litellm
+        kwargs: dict[str, Any] = dict(request)
+        kwargs["max_retries"] = 0  # retries are ours: the SDK's would be invisible and unlogged
+        if spec.api_base:
+            kwargs["api_base"] = spec.api_base
+        if spec.timeout_s is not None:
+            kwargs["timeout"] = spec.timeout_s
+        if spec.offline:
+            offline.price(litellm, spec.model)
+            kwargs["metadata"] = {"agentctl": {"task": self.a.task_id, "attempt": self.a.attempt,
+                                               "turn": turn, "try": try_}}
+        self.a.beat()
+        started = time.perf_counter()
+        try:
+            resp = await self._beating(litellm.acompletion(**kwargs))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            return _classify(litellm, e)
+        latency = time.perf_counter() - started
+        content = resp.choices[0].message.content or "" if resp.choices else ""
+        usage = getattr(resp, "usage", None)
+        prompt_t = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion_t = int(getattr(usage, "completion_tokens", 0) or 0)
+        tokens = int(getattr(usage, "total_tokens", 0) or (prompt_t + completion_t))
+        try:
+            cost = round(float(litellm.completion_cost(completion_response=resp)), 12)
+            cost_known = True
+        except Exception:  # a model litellm has no price for
+            cost, cost_known = 0.0, False
+        response = {"content": content, "model": getattr(resp, "model", None),
+                    "finish_reason": resp.choices[0].finish_reason if resp.choices else None,
+                    "usage": {"prompt_tokens": prompt_t, "completion_tokens": completion_t,
+                              "total_tokens": tokens}}
+        call = {"request_hash": key, "response": response, "tokens": tokens,
+                "cost_usd": cost, "model": spec.raw, "latency_s": round(latency, 4),
+                "call": self.paid + 1, "turn": turn}
+        if not cost_known:
+            call["cost_known"] = False
+        if self.a.record_call is not None:
+            await self.a.record_call(call)  # durable before the reply is used
+        self.paid += 1
+        self.tokens += tokens
+        self.cost += cost
+        self._log_call(request, key, turn, spec, try_, response=response, latency=latency,
+                       tokens=tokens, cost=cost)
+        if self.pause:
+            await self._sleep(self.pause)
+        return content
+
+    # ------------------------------------------------------------------ budget
+
+    def _over_budget(self) -> bool:
+        a = self.a
+        return ((a.budget_usd is not None and self.cost > a.budget_usd)
+                or (a.budget_tokens is not None and self.tokens > a.budget_tokens))
+
+    def _check_budget_before(self) -> None:
+        a = self.a
+        if ((a.budget_usd is not None and self.cost >= a.budget_usd)
+                or (a.budget_tokens is not None and self.tokens >= a.budget_tokens)):
+            raise RunnerError("budget", self._budget_text())
+
+    def _budget_text(self) -> str:
+        a = self.a
+        parts = []
+        if a.budget_usd is not None:
+            parts.append(f"${self.cost:.6f} of ${a.budget_usd:.6f}")
+        if a.budget_tokens is not None:
+            parts.append(f"{self.tokens} of {a.budget_tokens} tokens")
+        return "the attempt's budget is spent (" + ", ".join(parts) + ")"
+
+    # ------------------------------------------------------------------ waiting
+
+    def _backoff(self, spec: ModelSpec, try_: int, failure: _Failure) -> float:
+        if failure.retry_after is not None:
+            return float(min(BACKOFF_CAP_S, max(0.0, failure.retry_after)))
+        step: float = min(BACKOFF_CAP_S, spec.backoff_s * 2.0 ** try_)
+        return step * (0.5 + self.rng.random() / 2)  # jitter: 50-100% of the step
+
+    async def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while True:
+            self.a.beat()
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, BEAT_EVERY_S))
+
+    async def _beating(self, coro: Awaitable[T]) -> T:
+        """Await ``coro``, beating while it runs (a slow model is not a dead task)."""
+        task = asyncio.ensure_future(coro)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=BEAT_EVERY_S)
+                if done:
+                    return task.result()
+                self.a.beat()
+        finally:
+            if not task.done():
+                task.cancel()
+
+    # ------------------------------------------------------------------ the exchange on disk
+
+    def _log_call(self, request: dict[str, Any], key: str, turn: int, spec: ModelSpec,
+                  try_: int, *, response: dict[str, Any] | None = None,
+                  error: _Failure | None = None, cached: bool = False, latency: float = 0.0,
+                  tokens: int = 0, cost: float = 0.0, backoff: float | None = None) -> None:
+        self.calls += 1
+        entry: dict[str, Any] = {
+            "n": self.calls, "turn": turn, "model": spec.raw, "try": try_,
+            "request_hash": key, "cached": cached, "latency_s": round(latency, 4),
+            "tokens": tokens, "cost_usd": cost,
+            "request": {**request, "messages": list(request["messages"])},
+            "response": response,
+            "error": None if error is None else {"kind": error.kind, "retryable": error.retryable,
+                                                 "message": error.message},
+        }
+        if error is not None:
+            entry["backoff_s"] = None if backoff is None else round(backoff, 4)
+        self._write(f"call-{self.calls:03d}.json", entry)
+
+    def save(self) -> None:
+        self._write("exchange.json", {
+            "task": self.a.task_id, "attempt": self.a.attempt, "models": self.a.models,
+            "answered_by": self.answered_by, "outcome": self.ending, "turns": self.turns,
+            "calls": self.calls, "paid_calls": self.paid, "reused_calls": self.reused,
+            "tokens": self.tokens, "cost_usd": self.cost, "problems": self.problems,
+            "messages": self.messages,
+        })
+
+    def _write(self, name: str, obj: dict[str, Any]) -> None:
+        # The exchange files are for people; the WAL holds what matters.
+        with contextlib.suppress(OSError):
+            write_json_atomic(Path(self.a.attempt_dir) / name, redact.default().obj(obj))
+
+    def details(self) -> dict[str, Any]:
+        return {"model": self.answered_by, "turns": self.turns, "calls": self.paid,
+                "reused_calls": self.reused}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _parse_reply(text: str) -> tuple[Any, list[str]]:
+    """The JSON object in a reply: the whole text, a fenced block, or the outermost braces."""
+    s = text.strip()
+    try:
+        return json.loads(s), []
+    except ValueError as e:
+        first = e
+    fenced = re.search(r"```(?:json)?\s*\n(.*?)\n?```", s, re.S)
+    candidates = [fenced.group(1)] if fenced else []
+    i, j = s.find("{"), s.rfind("}")
+    if 0 <= i < j:
+        candidates.append(s[i:j + 1])
+    for c in candidates:
+        try:
+            return json.loads(c), []
+        except ValueError:
+            continue
+    return None, [f"the reply is not valid JSON ({first})"]
+
+
+def _repair_text(problems: list[str]) -> str:
+    lines = "\n".join(f"- {p}" for p in problems[:20])
+    return ("Your reply is not a valid report:\n\n" + lines + "\n\nReply again with one JSON "
+            "object, and nothing else, that validates against the schema given above.")
+
+
+def _classify(litellm: Any, e: Exception) -> _Failure:
+    """litellm's exception -> what kind of failure, and whether trying again can help."""
+    ex = litellm.exceptions
+    status = getattr(e, "status_code", None)
+    text = _short(e)
+    if isinstance(e, ex.Timeout):
+        return _Failure("timeout", True, f"timed out: {text}")
+    if isinstance(e, ex.RateLimitError):
+        return _Failure("rate_limit", True, f"rate limited (429): {text}", _retry_after(e))
+    if isinstance(e, ex.ContextWindowExceededError) or (
+            isinstance(e, ex.BadRequestError) and re.search(r"context.(length|window)", str(e), re.I)):
+        return _Failure("context_window", False, f"context window exceeded: {text}")
+    if isinstance(e, ex.AuthenticationError):
+        return _Failure("authentication", False, f"authentication failed (401): {text}")
+    if isinstance(e, ex.PermissionDeniedError):
+        return _Failure("permission", False, f"permission denied (403): {text}")
+    if isinstance(e, ex.NotFoundError):
+        return _Failure("not_found", False, f"model not found (404): {text}")
+    if isinstance(e, ex.ContentPolicyViolationError):
+        return _Failure("content_policy", False, f"refused by content policy: {text}")
+    if isinstance(e, ex.BadRequestError | ex.UnprocessableEntityError):
+        return _Failure("bad_request", False, f"bad request ({status or 400}): {text}")
+    if isinstance(e, ex.APIConnectionError):
+        return _Failure("connection", True, f"connection error: {text}")
+    if (isinstance(status, int) and status >= 500) or isinstance(
+            e, ex.InternalServerError | ex.ServiceUnavailableError | ex.BadGatewayError):
+        return _Failure("server_error", True, f"server error ({status}): {text}", _retry_after(e))
+    if status == 429:
+        return _Failure("rate_limit", True, f"rate limited (429): {text}", _retry_after(e))
+    if isinstance(e, ex.APIError | ex.APIResponseValidationError) and status is None:
+        return _Failure("server_error", True, f"bad response: {text}")
+    return _Failure("unexpected", False, f"{type(e).__name__}: {text}")
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = re.sub(r"^litellm\.\w+: (\w+: )?", "", text)
+    text = redact.default().text(text)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _retry_after(e: Exception) -> float | None:
+    headers = getattr(e, "litellm_response_headers", None)
+    if headers is None:
+        headers = getattr(getattr(e, "response", None), "headers", None)
+    if not headers:
+        return None
+    try:
+        value = headers.get("retry-after")
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
