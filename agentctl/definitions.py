@@ -136,7 +136,7 @@ class _Collector:
         if self.located is None:
             return None, None
         p = self.located.where_key(loc) if key else self.located.where(loc)
-        return p if p else (None, None)
+        return p if p else (1, 1)  # an empty document: the start of the file
 
     def error(self, loc: tuple[str | int, ...], message: str, *, key: bool = False) -> None:
         line, col = self._pos(loc, key)
@@ -291,6 +291,15 @@ def load_pipeline(path: str | Path, *, skills_dir: Path | None = None) -> Defini
             spec = TaskSpec.model_validate(tdata)
         except ValidationError as e:
             _report_pydantic(c, e, loc, TaskSpec)
+            # Check the rest of the task too (its skill, its expressions): all errors at once.
+            bad = {err["loc"][0] for err in e.errors() if err["loc"]}
+            try:
+                spec = TaskSpec.model_validate({k: v for k, v in tdata.items() if k not in bad})
+            except ValidationError:
+                continue
+            if "needs" in bad:
+                spec = spec.model_copy(update={"needs": [n for _, n in raw_needs[tid]]})
+            tasks[tid] = spec
             continue
         if spec.loop is not None:
             if spec.command or spec.skill or spec.runner:

@@ -61,14 +61,16 @@ class _NoAliasLoader(yaml.SafeLoader):
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
             raise YamlError(
-                "YAML aliases (*name) are not allowed in agentctl files",
+                f"YAML anchors and aliases are not allowed in agentctl files (found *{event.anchor}); "
+                "write the value out",
                 event.start_mark.line + 1,
                 event.start_mark.column + 1,
             )
         anchor = getattr(event, "anchor", None)
         if anchor is not None:
             raise YamlError(
-                f"YAML anchors (&{anchor}) are not allowed in agentctl files",
+                f"YAML anchors and aliases are not allowed in agentctl files (found &{anchor}); "
+                "write the value out",
                 event.start_mark.line + 1,
                 event.start_mark.column + 1,
             )
