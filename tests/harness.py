@@ -8,6 +8,7 @@ so the teardown can find and kill whatever is left -- and only that.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -208,16 +209,12 @@ class Project:
     def close(self) -> None:
         for proc in self._procs:
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             proc.wait(timeout=30)
         for pid in self.our_processes():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture

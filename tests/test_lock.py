@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
-from harness import Project, check_run_files, project, wait_for  # noqa: F401
+from harness import Project, check_run_files, wait_for
 
 
 def crashed_run(project: Project, run_id: str) -> None:
