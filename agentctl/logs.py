@@ -322,40 +322,66 @@ def _json_file(path: Path) -> str | None:
         return text
 
 
-def _exchange(path: Path) -> str | None:
-    """A JSON file of an llm exchange, with its messages laid out as a conversation."""
+def load_json(path: Path, cap: int = 8 * 1024 * 1024) -> Any:
+    """A JSON file's content, or None (missing, too big to show, or not JSON)."""
     try:
-        if path.stat().st_size > SHOW_CAP:
-            return _read_text(path)
-        data = json.loads(path.read_bytes())
+        if path.stat().st_size > cap:
+            return None
+        return json.loads(path.read_bytes())
     except (OSError, ValueError):
-        return _read_text(path)
-    msgs = _find_messages(data)
-    if not msgs:
-        return pretty(data)
-    out = []
-    rest = {k: v for k, v in data.items() if k != "messages"} if isinstance(data, dict) else {}
-    if rest:
-        out.append(pretty(rest))
-    for m in msgs:
+        return None
+
+
+def _capped(text: str, cap: int = SHOW_CAP) -> str:
+    return text if len(text) <= cap else text[:cap] + f"\n[… {len(text) - cap} more characters]"
+
+
+def conversation(messages: list[Any]) -> str:
+    """The messages of an llm exchange, one block per message; replies numbered."""
+    out, replies = [], 0
+    for m in messages:
+        if not isinstance(m, dict):
+            continue
         role = short(str(m.get("role", "?")), 20)
+        if role == "assistant":
+            replies += 1
+            role = f"assistant · reply {replies}"
         content = m.get("content")
         body = content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False)
-        out.append(f"[{role}]\n{clean(body)}")
+        out.append(f"--- {role}\n{clean(_capped(body))}")
     return "\n".join(out)
 
 
-def _find_messages(data: Any) -> list[dict[str, Any]]:
-    if isinstance(data, dict):
-        for key in ("messages", "request"):
-            v = data.get(key)
-            if isinstance(v, list) and v and all(isinstance(m, dict) and "role" in m for m in v):
-                return v
-            if isinstance(v, dict):
-                found = _find_messages(v)
-                if found:
-                    return found
-    return []
+def call_line(c: dict[str, Any], n: int) -> str:
+    """One model call: from the llm runner's call-NNN.json, or from a WAL llm_call record."""
+    bits = [f"call {c.get('n', c.get('call', n))}"]
+    if isinstance(c.get("turn"), int):
+        bits.append(f"turn {c['turn']}" + (f" try {c['try']}" if c.get("try") else ""))
+    if c.get("model"):
+        bits.append(short(str(c["model"]), 80))
+    bits.append(f"{_int(c.get('tokens'))} tokens")
+    bits.append(money(_float(c.get("cost_usd"))))
+    if isinstance(c.get("latency_s"), int | float):
+        bits.append(f"{c['latency_s']:.2f}s")
+    if c.get("request_hash"):
+        bits.append(f"request {short(str(c['request_hash']), 80)[:12]}")
+    if c.get("cached"):
+        bits.append("reused (paid by an earlier attempt)")
+    err = c.get("error")
+    if isinstance(err, dict):
+        bits.append(f"error {short(str(err.get('kind')), 40)}: {short(str(err.get('message')))}"
+                    + ("" if err.get("retryable") is None else
+                       " (retryable)" if err.get("retryable") else " (not retryable)"))
+        if isinstance(c.get("backoff_s"), int | float):
+            bits.append(f"then waited {c['backoff_s']:.2f}s")
+    return "  ".join(bits)
+
+
+def _reply(call: dict[str, Any]) -> str | None:
+    resp = call.get("response")
+    if isinstance(resp, dict) and isinstance(resp.get("content"), str):
+        return str(resp["content"])
+    return None if resp is None else json.dumps(resp, indent=2, ensure_ascii=False)
 
 
 def task_sections(log: RunLog, tid: str) -> Iterator[tuple[str, str]]:
@@ -401,14 +427,39 @@ def task_sections(log: RunLog, tid: str) -> Iterator[tuple[str, str]]:
         if a.model:
             title += f" · model {clean(a.model)}"
         yield f"{short(title, 600)}", f"directory {adir}"
-        prompt = _read_text(adir / "prompt.md")
-        if prompt is not None:
-            yield f"prompt ({adir / 'prompt.md'})", prompt
-        for i, c in enumerate(a.calls, 1):
-            _w, rest = describe(c)
-            yield f"model call {i}: {rest}", _call_body(c)
-        for name in _extra_files(adir):
-            body = _exchange(adir / name) if name.endswith(".json") else _read_text(adir / name)
+        files = _extra_files(adir)
+        loaded_ex = load_json(adir / "exchange.json") if "exchange.json" in files else None
+        exchange: dict[str, Any] = loaded_ex if isinstance(loaded_ex, dict) else {}
+        messages = exchange.get("messages")
+        if isinstance(messages, list) and messages:
+            # The llm runner's record of the conversation: the prompt as sent (system and
+            # user messages), every raw reply, and every repair request.
+            facts = {k: exchange[k] for k in ("answered_by", "outcome", "turns", "problems")
+                     if exchange.get(k) not in (None, [], "")}
+            about = " · ".join(f"{k} {short(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False), 200)}"
+                               for k, v in facts.items())
+            yield (f"conversation ({adir / 'exchange.json'})",
+                   (about + "\n" if about else "") + conversation(messages))
+        else:
+            prompt = _read_text(adir / "prompt.md")
+            if prompt is not None:
+                yield f"prompt ({adir / 'prompt.md'})", prompt
+        call_files = [n for n in files if re.fullmatch(r"call-\d+\.json", n)]
+        if call_files:
+            loaded = [load_json(adir / n) for n in call_files]
+            lines = [call_line(c, i) for i, c in enumerate(loaded, 1) if isinstance(c, dict)]
+            yield f"model calls ({adir}/call-*.json: each request and response in full)", "\n".join(lines)
+        elif a.calls:
+            yield "model calls (from the WAL)", "\n".join(call_line(c, i) for i, c in enumerate(a.calls, 1))
+        if not messages:
+            for i, c in enumerate(a.calls, 1):
+                reply = _reply(c)
+                if reply is not None:
+                    yield f"raw reply of call {i}", clean(_capped(reply))
+        for name in files:
+            if (name == "exchange.json" and messages) or name in call_files:
+                continue
+            body = _json_file(adir / name) if name.endswith(".json") else _read_text(adir / name)
             if body is not None:
                 yield f"{name} ({adir / name})", body
         for name in ("stdout.log", "stderr.log"):
@@ -432,18 +483,6 @@ def task_sections(log: RunLog, tid: str) -> Iterator[tuple[str, str]]:
             yield "", f"committed report: {tdir / 'output.json'} (the report above)"
         else:
             yield f"committed report ({tdir / 'output.json'})", out
-
-
-def _call_body(call: dict[str, Any]) -> str:
-    resp = call.get("response")
-    if resp is None:
-        return "(no response recorded)"
-    if isinstance(resp, dict):
-        for key in ("content", "text", "reply"):
-            if isinstance(resp.get(key), str):
-                rest = {k: v for k, v in resp.items() if k != key}
-                return (pretty(rest) + "\n" if rest else "") + "raw reply:\n" + clean(resp[key])
-    return pretty(resp)
 
 
 def _extra_files(adir: Path) -> list[str]:

@@ -16,6 +16,7 @@ model, tokens, cost, duration, the context packet the task received and the repo
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import json
@@ -272,6 +273,20 @@ def _mark(axis: Axis, at: float, cls: str, title: str) -> str:
     return f'<span class="mark {cls}" style="left:{axis.x(at):.3f}%" title="{esc(title)}"></span>'
 
 
+def _skill_label(log: RunLog, skill: Any) -> str:
+    if not skill:
+        return "–"
+    path = log.skill_file(str(skill))
+    if path is None:
+        return str(skill)
+    return f"{skill} · sha256 {_sha256(str(path))[:12]}"
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: str) -> str:  # a skill is shared by many tasks: hash it once
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 _EVENT_MARKS = {"task_skipped": "skip", "task_waiting_approval": "wait", "approval": "approval",
                 "task_taken_over": "takeover", "task_cancelled": "cancel",
                 "task_needs_review": "review", "task_reset": "reset"}
@@ -321,7 +336,7 @@ def _lane(log: RunLog, tid: str, axis: Axis, t_end: float,
     # the panel
     err = (t.error if t else None) or None
     facts = [("status", status), ("runner", spec.get("runner")), ("effects", spec.get("effects")),
-             ("skill", spec.get("skill") or "–"), ("model", ", ".join(models) or "–"),
+             ("skill", _skill_label(log, spec.get("skill"))), ("model", ", ".join(models) or "–"),
              ("attempts", len(attempts)), ("tokens", tokens), ("cost", money(cost)),
              ("duration", dur(took) if attempts else "–"),
              ("started", t.started_at if t else None), ("ended", t.ended_at if t else None)]
@@ -364,6 +379,13 @@ def _lane(log: RunLog, tid: str, axis: Axis, t_end: float,
     else:
         report_text = _json_text(report) if report is not None else None
     parts.append('<h4>report</h4><div class="report">' + _pre(report_text, "no report") + "</div>")
+    last_calls = attempts[-1].calls if attempts else []
+    if report_text is None and last_calls:
+        resp = last_calls[-1].get("response")
+        reply = resp.get("content") if isinstance(resp, dict) else None
+        if isinstance(reply, str):
+            parts.append(f"<h4>last reply of the model (attempt {attempts[-1].n})</h4>"
+                         + _pre(reply[:SHOW_CAP], ""))
     if attempts and (attempts[-1].ended or {}).get("outcome") not in (None, "complete"):
         stderr = _read(run.attempt_dir(tid, attempts[-1].n) / "stderr.log", 4096, tail=True)
         if stderr:

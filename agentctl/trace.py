@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from agentctl import store
-from agentctl.logs import RunLog, clean, clock, money, resolve_run, unknown_task
+from agentctl.logs import RunLog, clean, clock, load_json, money, resolve_run, unknown_task
 
 FAILING = ("failed", "blocked", "cancelled", "needs_review", "stale")
 
@@ -115,9 +116,19 @@ def trace_task(log: RunLog, tid: str) -> Trace:
         if tr.prompt_sha256 is not None:
             tr.prompt_file = str(prompt)
             tr.prompt_bytes = prompt.stat().st_size
-        for c in last.calls:
-            tr.requests.append({k: c.get(k) for k in ("request_hash", "model", "tokens",
-                                                     "cost_usd", "latency_s") if c.get(k) is not None})
+        # The llm runner's call files also hold the calls that failed (no WAL record).
+        calls: list[dict[str, Any]] = []
+        for name in tr.attempt_files:
+            if re.fullmatch(r"call-\d+\.json", name):
+                c = load_json(adir / name)
+                if isinstance(c, dict):
+                    calls.append(c)
+        for c in calls or last.calls:
+            r = {k: c.get(k) for k in ("request_hash", "model", "tokens", "cost_usd", "latency_s")
+                 if c.get(k) is not None}
+            if isinstance(c.get("error"), dict):
+                r["error"] = c["error"].get("kind")
+            tr.requests.append(r)
         ended = last.ended or {}
         tr.ended_at = ended.get("at")
         if isinstance(ended.get("duration_s"), int | float):
@@ -219,6 +230,8 @@ def render(log: RunLog, traces: list[Trace], status: str | None = None) -> str:
                 bits.append(f"{r['tokens']} tokens")
             if r.get("latency_s") is not None:
                 bits.append(f"{float(r['latency_s']):.2f}s")
+            if r.get("error"):
+                bits.append(f"error: {clean(str(r['error']))}")
             lines.append(f"  call {i:<3} " + " · ".join(bits))
         for e in tr.earlier:
             lines.append(f"  before   {_indent(clean(e), pad)}")
