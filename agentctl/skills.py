@@ -60,6 +60,7 @@ def split_frontmatter(text: str) -> tuple[str, str, int, list[str]]:
     raise SkillRefused("the frontmatter has no closing '---' line", i + 1)
 
 
+_TOOL = re.compile(r"(?:[^\s,(]*\([^()]*\))+[^\s,(]*|[^\s,(]+")
 _KEY_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.-]*)\s*:(?:\s+(.*)|\s*)$")
 _OPEN_TAG = re.compile(r"^\s*<([A-Za-z][A-Za-z0-9_-]*)(?:\s[^<>]*)?>")
 _CLOSE_TAG = re.compile(r"</([A-Za-z][A-Za-z0-9_-]*)\s*>")
@@ -221,11 +222,10 @@ def load_skill(path: Path, *, expected_name: str | None = None) -> Skill:
     tools_raw = data.get("allowed-tools")
     tools: list[str] = []
     if isinstance(tools_raw, str):
-        if "," in re.sub(r"\([^()]*\)", "", tools_raw):  # Bash(a, b) is one tool
+        # `Bash(git log:*)` is one tool: spaces and commas inside parentheses do not separate.
+        if "," in re.sub(r"\([^()]*\)", "", tools_raw):
             warnings.append("'allowed-tools' is comma-separated; the spec separates with spaces")
-            tools = [t.strip() for t in tools_raw.split(",") if t.strip()]
-        else:
-            tools = tools_raw.split()
+        tools = _TOOL.findall(tools_raw)
     elif isinstance(tools_raw, list):
         warnings.append("'allowed-tools' is a YAML list; the spec uses a space-separated string")
         tools = [str(t) for t in tools_raw]
