@@ -315,7 +315,10 @@ def load_pipeline(path: str | Path, *, skills_dir: Path | None = None) -> Defini
         elif not (spec.command or spec.skill or spec.runner):
             c.error(loc, f"tasks.{tid}: a task needs a 'command' (an argv list) or a 'skill'",
                     key=True)
-        if spec.foreach is not None and not expr.TEMPLATE.fullmatch(spec.foreach.strip()):
+        # fullmatch alone would accept "${{ a }} and ${{ b }}" (the lazy group stretches to
+        # the last "}}"), which renders to a string: require exactly one expression.
+        if spec.foreach is not None and (not expr.TEMPLATE.fullmatch(spec.foreach.strip())
+                                         or len(expr.template_exprs(spec.foreach)) != 1):
             c.error((*loc, "foreach"), f"tasks.{tid}.foreach: must be one ${{{{ }}}} expression "
                     "naming a list, e.g. ${{ tasks.plan.output.subtasks }}")
         if spec.key is not None and not spec.foreach:
