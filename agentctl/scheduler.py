@@ -450,8 +450,10 @@ class Scheduler:
             stop("failed", err.get("category", "upstream_failed"),
                  f"iteration {n}: {who.id} {who.status}: {err.get('message', '')}")
             return
-        view = {"maker": maker.report, "checker": checker.report, "iteration": n,
-                "inputs": self.state.inputs}
+        # `until` may name what `when` may (inputs, the needed tasks' reports), as validate
+        # lets it.
+        view = {**self._context(g.id), "maker": maker.report, "checker": checker.report,
+                "iteration": n}
         try:
             passed = expr.truthy(expr.render(_as_template(top.loop.until), view))
         except expr.ExprError as e:
