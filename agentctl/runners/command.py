@@ -65,7 +65,7 @@ class CommandRunner:
             if stdin_data is not None:
                 readers.append(asyncio.create_task(_feed(proc.stdin, stdin_data)))
             try:
-                rc = await proc.wait()
+                rc = await _exited(proc)
             except asyncio.CancelledError:
                 await _stop_group(proc, self.grace_s)
                 for r in readers:
@@ -113,6 +113,19 @@ async def _feed(stdin: asyncio.StreamWriter | None, data: bytes) -> None:
         await stdin.drain()
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         stdin.close()
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> int:
+    """The exit code, once the process has exited. ``proc.wait()`` alone also waits (in
+    Python 3.11) for the pipes to close, and a child the agent left behind can hold them
+    open for ever: the attempt would hang until its timeout."""
+    waiter = asyncio.ensure_future(proc.wait())
+    try:
+        while proc.returncode is None:
+            await asyncio.wait([waiter], timeout=0.2)  # returns at once in the usual case
+    finally:
+        waiter.cancel()
+    return proc.returncode
 
 
 async def _stop_group(proc: asyncio.subprocess.Process, grace: float) -> None:

@@ -16,6 +16,8 @@ A behaviour (every key optional)::
     hang_attempts: [1, ...]  on these attempts: spawn a child, beat 3 times, then hang
     child_ignores_term: true the hanging child ignores SIGTERM (only SIGKILL stops it)
     pids_file: path          where the hanging agent appends "agent PID" and "child PID"
+    leave_child: true        start a child that holds stdout and stderr open, and exit
+                             without waiting for it (a daemon left behind)
 
 Every execution first appends one JSON line to ``exec_log`` (O_APPEND, one write): task,
 attempt, pid, time, key, tag and the first line of $AGENTCTL_PROMPT. The side effect is
@@ -52,7 +54,7 @@ def beat() -> None:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
-def hang(b: dict) -> None:
+def spawn_child(b: dict) -> None:
     child_code = ("import signal, time\n"
                   + ("signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
                      if b.get("child_ignores_term") else "")
@@ -60,6 +62,10 @@ def hang(b: dict) -> None:
     child = subprocess.Popen([sys.executable, "-c", child_code])
     if b.get("pids_file"):
         append_line(b["pids_file"], {"agent": os.getpid(), "child": child.pid})
+
+
+def hang(b: dict) -> None:
+    spawn_child(b)
     for _ in range(3):
         beat()
         time.sleep(0.05)
@@ -85,6 +91,8 @@ def main() -> int:
 
     if attempt in b.get("hang_attempts", []):
         hang(b)
+    if b.get("leave_child"):
+        spawn_child(b)
     if b.get("fail_unless") and not os.path.exists(b["fail_unless"]):
         print(f"{task}: {b['fail_unless']} is missing", file=sys.stderr)
         return 3

@@ -1,0 +1,130 @@
+"""Liveness (DESIGN.md 6.5): heartbeats, stale tasks, timeouts, a crashed driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+from harness import Project, gone, wait_for
+
+
+def ended(project: Project, run_id: str, task: str) -> list[dict[str, Any]]:
+    return [r for r in project.wal(run_id) if r["type"] == "attempt_ended" and r["task"] == task]
+
+
+def pids(project: Project) -> list[int]:
+    rows = [json.loads(line) for line in (project.root / "pids").read_text().splitlines()]
+    return [p for row in rows for p in (row["agent"], row["child"])]
+
+
+def test_a_hung_agent_goes_stale_its_group_is_stopped_and_it_is_retried(project: Project) -> None:
+    # Attempt 1 beats three times, then hangs in silence with a child; attempt 2 behaves.
+    project.behave("hung", hang_attempts=[1], pids_file=str(project.root / "pids"))
+    project.pipeline({"hung": {"heartbeat": "200ms", "retries": 1, "effects": "read-only"},
+                      "after": {"needs": "hung", "effects": "read-only"}},
+                     defaults={"backoff": "100ms"})
+    r = project.cli("run", "p.yaml", "--run-id", "r1")
+    assert r.returncode == 0, r.stderr
+
+    first, second = ended(project, "r1", "hung")
+    assert (first["attempt"], first["outcome"], first["category"]) == (1, "failed", "stale")
+    assert first["retry"] is True
+    assert "heartbeat" in first["message"]
+    assert (second["attempt"], second["outcome"]) == (2, "complete")
+    agent, child = pids(project)
+    assert gone(agent) and gone(child)  # the whole process group was stopped
+    assert [e["attempt"] for e in project.executions("hung")] == [1, 2]
+    rows = {t["id"]: t for t in project.status("r1")["tasks"]}
+    assert (rows["hung"]["status"], rows["hung"]["attempts"]) == ("complete", 2)
+    assert rows["after"]["status"] == "complete"
+
+
+def test_a_beating_agent_is_not_stale_however_long_it_runs(project: Project) -> None:
+    gate = project.root / "gate"
+    project.behave("busy", gate=str(gate))  # touches $AGENTCTL_HEARTBEAT every 20 ms
+    project.pipeline({"busy": {"heartbeat": "200ms", "retries": 1, "effects": "read-only"}})
+    driver = project.spawn("run", "p.yaml", "--run-id", "r1")
+    wait_for(lambda: project.running("r1", "busy"), "'busy' to start")
+    time.sleep(1.5)  # more than 3 intervals of 200 ms: only the beats keep it alive
+    data = project.status("r1")
+    assert data["status"] == "running" and data["driver"]["alive"] is True
+    assert data["tasks"][0]["status"] == "running"
+    assert data["tasks"][0]["heartbeat_age_s"] is not None
+    gate.touch()
+    assert driver.wait() == 0, driver.describe()
+    assert ended(project, "r1", "busy")[0]["outcome"] == "complete"
+    assert len(project.executions("busy")) == 1
+
+
+def test_a_timeout_stops_the_whole_process_group(project: Project) -> None:
+    # The agent's child ignores SIGTERM: only the SIGKILL after the grace period stops it.
+    project.behave("slow", hang_attempts=[1], child_ignores_term=True,
+                   pids_file=str(project.root / "pids"))
+    project.pipeline({"slow": {"timeout": "1s", "effects": "read-only"},
+                      "after": {"needs": "slow", "effects": "read-only"}})
+    r = project.cli("run", "p.yaml", "--run-id", "r1")
+    assert r.returncode == 1, r.stderr
+
+    (only,) = ended(project, "r1", "slow")
+    assert (only["outcome"], only["category"]) == ("failed", "timeout")
+    agent, child = wait_for(lambda: pids(project), "the agent's pids")
+    wait_for(lambda: gone(agent) and gone(child), "the agent and its child to be gone", timeout=30)
+    rows = {t["id"]: t for t in project.status("r1")["tasks"]}
+    assert rows["slow"]["status"] == "failed"
+    assert rows["slow"]["error"]["category"] == "timeout"
+    assert "timed out after 1s" in rows["slow"]["error"]["message"]
+    assert rows["after"]["status"] == "skipped"
+
+
+def test_status_of_a_run_whose_driver_was_killed(project: Project) -> None:
+    gate = project.root / "gate"
+    project.behave("slow", gate=str(gate))
+    project.pipeline({"first": {"effects": "read-only"},
+                      "slow": {"needs": "first", "heartbeat": "1s", "effects": "read-only"},
+                      "last": {"needs": "slow", "effects": "read-only"}})
+    driver = project.spawn("run", "p.yaml", "--run-id", "r1")
+    wait_for(lambda: project.running("r1", "slow"), "'slow' to start")
+    (orphan,) = [e["pid"] for e in project.executions("slow")]
+    os.kill(driver.pid, signal.SIGKILL)
+    assert driver.wait() == -signal.SIGKILL
+
+    data = project.status("r1")
+    assert data["status"] == "crashed"
+    assert data["driver"]["pid"] == driver.pid and data["driver"]["alive"] is False
+    rows = {t["id"]: t for t in data["tasks"]}
+    assert rows["first"]["status"] == "complete"
+    assert rows["slow"]["status"] == "stale"  # in flight, and nobody is driving it
+    assert rows["slow"]["attempts"] == 1
+    assert rows["slow"]["heartbeat_age_s"] is not None
+    assert rows["last"]["status"] == "pending"
+    listing = project.status()["runs"]
+    assert [(r["run_id"], r["status"]) for r in listing] == [("r1", "crashed")]
+    text = project.cli("status", "r1")
+    assert text.returncode == 0 and "agentctl resume r1" in text.stdout
+
+    # The orphaned agent is still running (it leads its own process group); resume stops it
+    # before running the task again.
+    assert not gone(orphan)
+    resumed = project.spawn("resume", "r1")
+    wait_for(lambda: gone(orphan), "the orphaned agent to be stopped", timeout=30)
+    gate.touch()
+    assert resumed.wait() == 0, resumed.describe()
+    assert "stopped 1 agent process group" in resumed.stderr
+    assert project.status("r1")["status"] == "complete"
+    assert [e["attempt"] for e in project.executions("slow")] == [1, 2]
+
+
+def test_an_agent_that_exits_is_done_even_if_a_child_holds_its_output_open(
+        project: Project) -> None:
+    # A daemon left behind inherits the agent's stdout and stderr pipes. The attempt ends
+    # when the agent exits, not when the last holder of its pipes does.
+    project.behave("bg", leave_child=True, pids_file=str(project.root / "pids"))
+    project.pipeline({"bg": {"timeout": "20s", "effects": "read-only"},
+                      "after": {"needs": "bg", "effects": "read-only"}})
+    r = project.cli("run", "p.yaml", "--run-id", "r1")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    (only,) = ended(project, "r1", "bg")
+    assert only["outcome"] == "complete", only
