@@ -536,7 +536,8 @@ def _expression_sites(tid: str, spec: TaskSpec) -> list[tuple[tuple[str | int, .
     if spec.loop is not None:
         step((*base, "loop", "maker"), spec.loop.maker, frozenset({"loop"}))
         step((*base, "loop", "checker"), spec.loop.checker, frozenset({"loop"}))
-        walk((*base, "loop", "until"), _as_template(spec.loop.until), frozenset({"loop", "maker", "checker", "iteration"}))
+        # what the scheduler evaluates `until` over (besides inputs and tasks); no `loop`
+        walk((*base, "loop", "until"), _as_template(spec.loop.until), frozenset({"maker", "checker", "iteration"}))
     else:
         step(base, spec, item)
     if spec.foreach is not None:
@@ -599,7 +600,7 @@ def _check_expression(c: _Collector, loc: tuple[str | int, ...], src: str, input
         elif root in extra:
             continue  # item (fan-out), loop/maker/checker/iteration (review loops)
         else:
-            hint = "item, " if "item" in extra else ""
+            hint = "".join(f"{x}, " for x in sorted(extra))
             c.error(loc, f"{where}: unknown name '{root}' in expression (use {hint}inputs.<name> "
                     "or tasks.<id>.output)")
 
