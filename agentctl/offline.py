@@ -104,10 +104,11 @@ def parse(model: str) -> OfflineSpec:
             latency = float(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}[m.group(2)]
         elif key == "fail":
             for part in filter(None, value.split(",")):
-                kind, _, count = part.partition("x")
-                if kind not in TRY_KINDS and kind not in TURN_KINDS:
+                kind, count = _kind_count(part)
+                if kind is None:
                     known = ", ".join([*TRY_KINDS, *TURN_KINDS])
-                    raise OfflineSpecError(f"'{model}': fail={part}: unknown kind '{kind}' (known: {known})")
+                    raise OfflineSpecError(f"'{model}': fail={part}: unknown kind "
+                                           f"'{part.split('x')[0]}' (known: {known})")
                 if count == "*":
                     n = ALWAYS
                 elif count == "":
@@ -129,6 +130,16 @@ def parse(model: str) -> OfflineSpec:
             raise OfflineSpecError(f"'{model}': unknown option '{key}' "
                                    "(known: latency, fail, attempts, status)")
     return OfflineSpec(name, latency, tuple(fails), attempts, status, opts)
+
+
+def _kind_count(part: str) -> tuple[str | None, str]:
+    """``contextx2`` -> ("context", "2"); ``json`` -> ("json", "")."""
+    for kind in [*TRY_KINDS, *TURN_KINDS]:
+        if part == kind:
+            return kind, ""
+        if part.startswith(kind + "x"):
+            return kind, part[len(kind) + 1:]
+    return None, ""
 
 
 # --------------------------------------------------------------------------- the reply

@@ -38,7 +38,7 @@ class Reply:
 class Request:
     model: str
     body: dict[str, Any]
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     at: float
 
     @property
@@ -75,7 +75,10 @@ class FakeOpenAI:
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout): nothing to answer
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
@@ -123,7 +126,8 @@ class FakeOpenAI:
             return
         model = str(body.get("model", ""))
         with self._lock:
-            self.requests.append(Request(model, body, dict(h.headers.items()), time.monotonic()))
+            headers = {k.lower(): v for k, v in h.headers.items()}
+            self.requests.append(Request(model, body, headers, time.monotonic()))
             queue = self._scripts.get(model) or []
             reply = queue.pop(0) if queue else Reply()
         if reply.hold:

@@ -228,46 +228,39 @@ def _response_format(litellm: Any, spec: ModelSpec) -> dict[str, Any] | None:
 
 def preflight(defn: Any, model_override: str | None = None) -> None:
     """Before a run starts: every llm task has a model agentctl understands, and the keys
-    its models need are set. Starts litellm's import when the run has llm tasks (and never
-    imports it when it has none)."""
-    where = str(defn.path)
-    diags: list[Diagnostic] = []
+    its models need are set; all the problems at once. Starts litellm's import when the run
+    has llm tasks, and never imports it when it has none."""
+    problems: dict[str, list[str]] = {}  # task -> its problems, in task order
     chains: dict[str, list[ModelSpec]] = {}
     for tid in defn.pipeline.tasks:
         if defn.runner_of(tid) != "llm":
             continue
+        problems[tid] = []
         m = defn.model_of(tid, model_override)
         if m is None:
-            diags.append(Diagnostic(where, None, None, f"tasks.{tid}: no model for this llm "
-                                    "task: set `model:` on it or `defaults.model`, or pass --model"))
+            problems[tid].append("no model for this llm task: set `model:` on it or "
+                                 "`defaults.model`, or pass --model")
             continue
-        specs = []
+        chains[tid] = []
         for raw in defn.pipeline.models.get(m, [m]):
             try:
-                specs.append(parse_model(raw))
+                chains[tid].append(parse_model(raw))
             except ModelError as e:
-                diags.append(Diagnostic(where, None, None, f"tasks.{tid}: {e}"))
-        chains[tid] = specs
-    if diags:
-        raise DefinitionError(diags)
-    if not chains:
+                problems[tid].append(str(e))
+    if not problems:
         return
-    start_import()
     online = {s.raw: s for specs in chains.values() for s in specs if not s.offline}
-    if not online:
-        return
-    litellm = load()
-    problems: dict[str, str] = {}
-    for raw, spec in online.items():
-        problems_for = _environment_problem(litellm, spec)
-        if problems_for:
-            problems[raw] = problems_for
-    for tid, specs in chains.items():
-        for spec in specs:
-            if spec.raw in problems:
-                diags.append(Diagnostic(where, None, None, f"tasks.{tid}: {problems[spec.raw]}"))
+    if online:  # only litellm knows which keys a model needs: wait for the import here
+        litellm = load()
+        env = {raw: _environment_problem(litellm, spec) for raw, spec in online.items()}
+        for tid, specs in chains.items():
+            problems[tid] += [p for p in (env.get(s.raw) for s in specs) if p]
+    where = str(defn.path)
+    diags = [Diagnostic(where, None, None, f"tasks.{tid}: {p}")
+             for tid, ps in problems.items() for p in ps]
     if diags:
         raise DefinitionError(diags)
+    start_import()  # not before: a daemon thread mid-import must not outlive an exit on error
 
 
 def _environment_problem(litellm: Any, spec: ModelSpec) -> str | None:

@@ -1,0 +1,159 @@
+"""The llm runner over the real HTTP path (issue 4, item 8).
+
+A fake OpenAI-compatible server on 127.0.0.1 (tests/fakeopenai.py) is reached through litellm
+with ``openai/...`` models whose ``api_base`` option points at it: litellm, the OpenAI SDK,
+httpx and a socket are all real. The server scripts 429s, 500s, slow replies, invalid JSON
+and valid reports, and records every request, so "retried", "fell back", "not sent again"
+are counted on the server's side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fakeopenai import FakeOpenAI, Reply
+from harness import Project, check_run_files, wait_for
+from llmkit import LLMProject
+
+from agentctl.runners import llm
+
+KEY = "sk-test-http-0123456789abcdefghij"
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as s:
+        yield s
+
+
+@pytest.fixture
+def proj(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LLMProject:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    return LLMProject(tmp_path)
+
+
+def model(server: FakeOpenAI, name: str = "gpt-4o-mini", **opts: str) -> str:
+    extra = "".join(f"&{k}={v}" for k, v in opts.items())
+    return f"openai/{name}?api_base={server.url}{extra}"
+
+
+def kinds(proj: LLMProject, rid: str, task: str, attempt: int = 1) -> list[str]:
+    return [f["error"]["kind"] if f["error"] else "ok" for f in proj.call_files(rid, task, attempt)]
+
+
+def test_retry_with_backoff_over_http(proj: LLMProject, server: FakeOpenAI) -> None:
+    server.script("gpt-4o-mini", Reply(status=429, headers={"Retry-After": "0"}),
+                  Reply(status=500), Reply())
+    p = proj.pipeline({"a": {"model": model(server, backoff="10ms")}})
+    r, rid = proj.run(p)
+    assert r.code == 0, r.stderr
+    reqs = server.requests_for("gpt-4o-mini")
+    assert len(reqs) == 3  # no hidden SDK retries: exactly our three tries
+    assert reqs[0].body == reqs[1].body == reqs[2].body
+    assert reqs[0].body["response_format"] == {"type": "json_object"}
+    assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in reqs)
+    assert kinds(proj, rid, "a") == ["rate_limit", "server_error", "ok"]
+    files = proj.call_files(rid, "a")
+    assert files[0]["backoff_s"] == 0  # the server's Retry-After wins
+    assert 0.01 <= files[1]["backoff_s"] <= 0.02  # else the second step: 50-100% of 2 x 10 ms
+    assert len(proj.calls(rid)) == 1
+
+
+def test_fallback_to_the_next_model_of_a_tier_over_http(proj: LLMProject, server: FakeOpenAI) -> None:
+    server.script("primary", *[Reply(status=503)] * 2)
+    p = proj.pipeline({"a": {"model": "cheap"}}, models={"cheap": [
+        model(server, "primary", retries="1", backoff="1ms"), model(server, "gpt-4o-mini")]})
+    r, rid = proj.run(p)
+    assert r.code == 0, r.stderr
+    assert [q.model for q in server.requests] == ["primary", "primary", "gpt-4o-mini"]
+    assert kinds(proj, rid, "a") == ["server_error", "server_error", "ok"]
+    [call] = proj.calls(rid)
+    assert call["model"].startswith("openai/gpt-4o-mini?")
+
+
+def test_an_invalid_reply_is_sent_back_and_repaired_over_http(proj: LLMProject, server: FakeOpenAI) -> None:
+    server.script("gpt-4o-mini", Reply(content="I think the answer is {findings: many"))
+    p = proj.pipeline({"a": {"model": model(server)}})
+    r, rid = proj.run(p)
+    assert r.code == 0, r.stderr
+    first, second = server.requests
+    assert second.messages[:2] == first.messages[:2]
+    assert second.messages[2] == {"role": "assistant", "content": "I think the answer is {findings: many"}
+    assert second.messages[3]["role"] == "user" and "not valid JSON" in second.messages[3]["content"]
+    assert [c["turn"] for c in proj.calls(rid)] == [0, 1]
+
+
+def test_a_slow_reply_times_out_and_is_retried(proj: LLMProject, server: FakeOpenAI) -> None:
+    server.script("gpt-4o-mini", Reply(hold=True))  # answers only when the test ends
+    p = proj.pipeline({"a": {"model": model(server, timeout="300ms", backoff="1ms")}})
+    r, rid = proj.run(p)
+    assert r.code == 0, r.stderr
+    assert kinds(proj, rid, "a") == ["timeout", "ok"]
+    assert len(server.requests) == 2
+
+
+def test_an_authentication_error_is_not_retried(proj: LLMProject, server: FakeOpenAI) -> None:
+    server.script("gpt-4o-mini", Reply(status=401, error="Incorrect API key provided"))
+    p = proj.pipeline({"a": {"model": model(server), "retries": 3}})
+    r, rid = proj.run(p)
+    assert r.code == 1
+    assert len(server.requests) == 1
+    err = proj.rows(rid)["a"]["error"]
+    assert err["category"] == "provider_error"
+    assert "authentication failed (401)" in err["message"] and "Incorrect API key" in err["message"]
+
+
+def test_tokens_and_cost_in_status(proj: LLMProject, server: FakeOpenAI) -> None:
+    server.script("gpt-4o-mini", Reply(usage=(1000, 200)), Reply(usage=(3000, 400)))
+    p = proj.pipeline({"a": {"model": model(server)}, "b": {"model": model(server), "needs": "a"}})
+    r, rid = proj.run(p)
+    assert r.code == 0, r.stderr
+    price = llm.load().model_cost["gpt-4o-mini"]
+    cost_a = 1000 * price["input_cost_per_token"] + 200 * price["output_cost_per_token"]
+    cost_b = 3000 * price["input_cost_per_token"] + 400 * price["output_cost_per_token"]
+    rows = proj.rows(rid)
+    assert (rows["a"]["tokens"], rows["b"]["tokens"]) == (1200, 3400)
+    assert rows["a"]["cost_usd"] == pytest.approx(cost_a, abs=1e-6) and cost_a > 0
+    assert rows["b"]["cost_usd"] == pytest.approx(cost_b, abs=1e-6)
+    totals = proj.status(rid)["totals"]
+    assert totals["tokens"] == 4600 and totals["cost_usd"] == pytest.approx(cost_a + cost_b, abs=1e-6)
+    table = proj.cli("status", rid)
+    assert table.code == 0 and "4600 tokens" in table.stdout.replace(",", "")
+    assert "3400" in table.stdout.replace(",", "")
+
+
+def test_a_response_is_reused_after_a_sigkill_between_response_and_commit(
+        project: Project, server: FakeOpenAI, tmp_path: Path) -> None:
+    """The driver is killed after the response is in the WAL and before the attempt is
+    committed: resume must not ask the server again ("no paying twice")."""
+    lp = LLMProject(tmp_path)
+    p = lp.pipeline({"a": {"model": model(server)}})
+    project.env.update(OPENAI_API_KEY=KEY, AGENTCTL_TEST_PAUSE_AFTER_CALL="600")
+    driver = project.spawn("run", str(p), "--run-id", "r1")
+    wal = project.state / "runs" / "r1" / "wal.jsonl"
+    wait_for(lambda: wal.exists() and any(r["type"] == "llm_call" for r in project.wal("r1")),
+             "the response in the WAL", timeout=120)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert len(server.requests) == 1
+    assert project.replay("r1").tasks["a"].status == "running"  # the attempt never ended
+
+    del project.env["AGENTCTL_TEST_PAUSE_AFTER_CALL"]
+    r = project.cli("resume", "r1")
+    assert r.returncode == 0, r.stderr
+    assert len(server.requests) == 1  # the server saw no second request
+    state = project.replay("r1")
+    assert state.tasks["a"].status == "complete" and state.tasks["a"].attempt == 2
+    calls = [rec for rec in project.wal("r1") if rec["type"] == "llm_call"]
+    assert [c["attempt"] for c in calls] == [1]  # paid once, in the attempt that was killed
+    attempt2 = project.run_dir("r1").attempt_dir("a", 2)
+    [reused] = [json.loads(f.read_text()) for f in sorted(attempt2.glob("call-*.json"))]
+    assert reused["cached"] is True and reused["request_hash"] == calls[0]["request_hash"]
+    assert state.tokens == calls[0]["tokens"]  # counted once
+    check_run_files(project.run_dir("r1"))
