@@ -116,7 +116,15 @@ def write_json_atomic(path: Path, obj: Any, *, durable: bool = False) -> None:
 
 
 def makedirs(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """``path`` and its missing parents, each 0700 (``mkdir(parents=True)`` would give the
+    parents it creates the umask's mode, 0755 as a rule)."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=0o700)
 
 
 class WalScan:

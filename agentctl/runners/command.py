@@ -21,6 +21,7 @@ from typing import IO
 
 from agentctl import redact
 from agentctl.runners.base import Attempt, Outcome
+from agentctl.store import write_atomic
 
 LOG_CAP = 10 * 1024 * 1024
 REPORT_CAP = 16 * 1024 * 1024
@@ -55,7 +56,8 @@ class CommandRunner:
         except OSError as e:
             return Outcome(category="command_failed",
                            message=f"cannot start {attempt.argv[0]}: {e.strerror or e}")
-        (attempt.attempt_dir / "pid").write_text(str(proc.pid))
+        # Atomic and private: a resume reads it to stop this agent if the driver dies.
+        write_atomic(attempt.attempt_dir / "pid", str(proc.pid).encode(), durable=False)
         tails = {"stdout": bytearray(), "stderr": bytearray()}
         with open(stdout_path, "wb", opener=_private) as out, open(stderr_path, "wb", opener=_private) as err:
             readers = [
@@ -151,6 +153,8 @@ def _outcome(attempt: Attempt, rc: int, stdout: bytes, stderr: bytes) -> Outcome
     details = {"exit_code": rc}
     out_path: Path = attempt.output_path
     if out_path.exists():
+        with contextlib.suppress(OSError):  # the agent wrote it with its own umask
+            os.chmod(out_path, 0o600)
         try:
             size = out_path.stat().st_size
             if size > REPORT_CAP:

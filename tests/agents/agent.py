@@ -11,6 +11,7 @@ A behaviour (every key optional)::
 
     sleep: [lo, hi]          seconds, drawn from random.Random(f"{seed}:{task}:{attempt}")
     effect: true             perform a side effect at most once per AGENTCTL_IDEMPOTENCY_KEY
+                             (after the gate, or before it with effect_first: true)
     gate: path               wait (touching $AGENTCTL_HEARTBEAT) until that file exists
     fail_unless: path        exit 3 unless that file exists
     hang_attempts: [1, ...]  on these attempts: spawn a child, beat 3 times, then hang
@@ -72,6 +73,16 @@ def hang(b: dict) -> None:
     time.sleep(600)  # silent: no beat, no output
 
 
+def effect(cfg: dict, task: str, key: str) -> None:
+    try:
+        fd = os.open(os.path.join(cfg["effects_dir"], f"{task}__{key}"),
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass  # already done under this key: the idempotent answer
+    else:
+        os.close(fd)
+
+
 def main() -> int:
     with open(sys.argv[1]) as f:
         cfg = json.load(f)
@@ -96,19 +107,15 @@ def main() -> int:
     if b.get("fail_unless") and not os.path.exists(b["fail_unless"]):
         print(f"{task}: {b['fail_unless']} is missing", file=sys.stderr)
         return 3
+    if b.get("effect") and b.get("effect_first"):
+        effect(cfg, task, key)
     if b.get("gate"):
         deadline = time.monotonic() + 120
         while not os.path.exists(b["gate"]) and time.monotonic() < deadline:
             beat()
             time.sleep(0.02)
-    if b.get("effect"):
-        try:
-            fd = os.open(os.path.join(cfg["effects_dir"], f"{task}__{key}"),
-                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # already done under this key: the idempotent answer
-        else:
-            os.close(fd)
+    if b.get("effect") and not b.get("effect_first"):
+        effect(cfg, task, key)
     if b.get("sleep"):
         lo, hi = b["sleep"]
         time.sleep(random.Random(f"{cfg.get('seed', 0)}:{task}:{attempt}").uniform(lo, hi))
