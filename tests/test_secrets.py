@@ -1,0 +1,73 @@
+"""Secrets never reach the state directory, the logs or the messages (issue 4, item 7).
+
+Two real ``agentctl run`` processes, with a key and a token planted in their environment:
+one run succeeds (a leaky model repeats both in its report; a command agent prints both),
+one fails (the provider's 401 error echoes the Authorization header back, as real ones do).
+Then every file of both runs, both processes' stdout and stderr, and ``status --json`` are
+scanned for the values -- and for a fragment of the key, so a partial leak fails too.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fakeopenai import FakeOpenAI, Reply
+from harness import PY, Project
+from llmkit import FINDINGS_SCHEMA, LLMProject
+
+from agentctl import offline
+from agentctl.store import iter_files
+
+KEY = "sk-proj-" + secrets.token_hex(20)  # caught by value and by pattern
+TOKEN = secrets.token_hex(12)  # caught by value only (MY_SERVICE_TOKEN: a secret's name)
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as s:
+        yield s
+
+
+def test_planted_secrets_appear_nowhere(project: Project, server: FakeOpenAI, tmp_path: Path) -> None:
+    leaky = {"status": "COMPLETE", "summary": f"Found {KEY} in .env and {TOKEN} in the CI logs.",
+             "output": offline.minimal_instance(FINDINGS_SCHEMA)}
+    server.script("gpt-4o-mini", Reply(content=leaky))
+    server.script("locked", Reply(status=401, error="Incorrect API key provided"))
+    server.echo_auth_in_errors = True
+
+    lp = LLMProject(tmp_path)
+    ok = lp.pipeline({
+        "explore": {"model": f"openai/gpt-4o-mini?api_base={server.url}"},
+        "script": {"skill": None, "command": [PY, "-c", "import os, sys; print(os.environ['OPENAI_API_KEY']); "
+                                         "print(os.environ['MY_SERVICE_TOKEN'], file=sys.stderr)"]},
+    }, name="ok")
+    bad = lp.pipeline({"explore": {"model": f"openai/locked?api_base={server.url}"}}, name="bad")
+    project.env.update(OPENAI_API_KEY=KEY, MY_SERVICE_TOKEN=TOKEN)
+    good_run = project.spawn("run", str(ok), "--run-id", "ok")
+    bad_run = project.spawn("run", str(bad), "--run-id", "bad")
+    assert good_run.wait() == 0, good_run.describe()
+    assert bad_run.wait() == 1, bad_run.describe()
+
+    # The secrets were in play: the server got the key, and both runs logged a masked value.
+    assert {r.headers["authorization"] for r in server.requests} == {f"Bearer {KEY}"}
+    err = project.status("bad")["tasks"][0]["error"]
+    assert "authentication failed (401)" in err["message"] and "[REDACTED]" in err["message"]
+    for rid in ("ok", "bad"):
+        assert b"[REDACTED]" in project.run_dir(rid).wal.read_bytes()
+
+    texts: dict[str, bytes] = {}
+    for path in iter_files(project.state):
+        texts[str(path)] = path.read_bytes()
+    for path in project.logs.iterdir():  # the drivers' stdout and stderr
+        texts[str(path)] = path.read_bytes()
+    for rid in ("ok", "bad"):
+        texts[f"status {rid}"] = json.dumps(project.status(rid)).encode()
+        texts[f"status table {rid}"] = project.cli("status", rid).stdout.encode()
+    assert any("call-" in name for name in texts) and any("stdout.log" in name for name in texts)
+    for needle in (KEY, TOKEN, KEY[10:26]):
+        leaks = [name for name, data in texts.items() if needle.encode() in data]
+        assert not leaks, f"{needle[:12]}... leaked into {leaks}"
