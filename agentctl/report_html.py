@@ -83,7 +83,7 @@ class Axis:
         limit = max(60.0, 0.2 * total)
         folds = []
         edges = [t0] + [x for m in merged for x in m] + [t1]
-        for i in range(1, len(edges) - 1, 2):
+        for i in range(0, len(edges) - 1, 2):  # idle: (t0, start), (end, next start)...
             a, b = edges[i], edges[i + 1]
             if b - a > limit:
                 folds.append((a, b))
@@ -123,11 +123,20 @@ class Axis:
             if t > self.t1 + 1e-9:
                 break
             if not any(a < t < b for a, b in self.folds):
-                out.append((self.x(t), "+" + (dur(k * step) if k else "0")))
+                out.append((self.x(t), _tick_label(k * step, step)))
             k += 1
             if k > 10000:
                 break
         return out
+
+
+def _tick_label(seconds: float, step: float) -> str:
+    if not seconds:
+        return "+0"
+    if seconds >= 3600 and step < 60:  # "+8h28m15s", so that neighbours differ
+        h, rest = divmod(round(seconds), 3600)
+        return f"+{h}h{rest // 60:02d}m{rest % 60:02d}s"
+    return "+" + dur(seconds)
 
 
 # --------------------------------------------------------------------------- reading
@@ -457,7 +466,7 @@ border:2px solid var(--warn);background:#fff;box-sizing:border-box}
 .mark.reset{border-color:var(--run)}
 .band{position:absolute;top:0;bottom:0;background:repeating-linear-gradient(135deg,rgba(229,72,77,.10) 0 4px,transparent 4px 8px)}
 .band.paused{background:repeating-linear-gradient(135deg,rgba(245,159,0,.12) 0 4px,transparent 4px 8px)}
-.fold{position:absolute;top:0;bottom:0;background:repeating-linear-gradient(90deg,#eceef0 0 2px,#fff 2px 5px)}
+.fold{position:absolute;top:0;bottom:0;background:repeating-linear-gradient(90deg,rgba(0,0,0,.07) 0 2px,transparent 2px 5px)}
 .axis .fold{font-size:10px;color:var(--muted);text-align:center;line-height:24px;overflow:hidden}
 .span{position:absolute;top:10px;height:3px;border-radius:2px;background:#d7dbdf}
 .panel{padding:6px 16px 14px 34px;background:#fcfcfd;border-top:1px solid #f1f3f5;position:relative;z-index:2}
@@ -533,10 +542,8 @@ def render(log: RunLog, status: str, now: float | None = None) -> str:
             e = ts((a.ended or {}).get("at")) or t_end
             if s is not None:
                 busy.append((s, e))
-        for ev in log.task_events(tid):
-            at = ts(ev.get("at"))
-            if at is not None:
-                busy.append((at, at))
+    # Only attempts count as work: a marker (an approval in the middle of a pause) may sit
+    # in a folded stretch.
     busy += [(x, x) for x in (t0, t_end)]
     axis = Axis.build(t0, t_end, busy)
 

@@ -342,6 +342,10 @@ def test_report_in_a_real_browser(mixed: tuple[Path, Path, str], browser: CDP, t
     assert bars["slow"] == ["bar failed hatched"]
     assert bars["stuck"] == ["bar blocked"]
     assert bars["publish"] == []
+    assert "repeating-linear-gradient" in browser.eval(
+        "getComputedStyle(document.querySelector('#task-slow .bar')).backgroundImage")
+    assert browser.eval(
+        "getComputedStyle(document.querySelector('#task-fetch .bar')).backgroundImage") == "none"
     assert browser.eval("document.querySelectorAll('#task-flaky .gap').length") == 1
     assert browser.eval("document.querySelectorAll('#task-publish .mark.skip').length") == 1
     colour = browser.eval("getComputedStyle(document.querySelector('#task-fetch .bar')).backgroundColor")
@@ -401,3 +405,64 @@ def test_report_of_500_tasks_stays_readable(browser: CDP, tmp_path: Path) -> Non
     assert "w4-t099: no-op" in browser.eval("document.querySelector('#task-w4-t099 .report pre').innerText")
     browser.screenshot(tmp_path / "big.png")
     assert browser.problems() == []
+
+
+def test_a_crash_shows_as_a_driver_gap_and_a_cut_off_attempt(tmp_path: Path, browser: CDP) -> None:
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "p.yaml").write_text("""\
+name: crashy
+tasks:
+  first:
+    runner: noop
+  long:
+    needs: first
+    effects: read-only
+    command: [sh, -c, 'if [ -f "$AGENTCTL_WORKSPACE/again" ]; then echo ok; else touch "$AGENTCTL_WORKSPACE/again"; exec sleep 60; fi']
+""")
+    state = tmp_path / "state"
+    env = {**os.environ, "AGENTCTL_STATE_DIR": str(state), "AGENTCTL_PLAIN": "1"}
+    driver = subprocess.Popen([*AGENTCTL, "run", "p.yaml", "--run-id", "c-1"], cwd=proj, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    pid_file = state / "runs" / "c-1" / "tasks" / "long" / "attempts" / "1" / "pid"
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            assert time.monotonic() < deadline and driver.poll() is None, "the attempt never started"
+            time.sleep(0.02)
+        driver.kill()  # the driver dies mid-attempt; its agent is left running
+        driver.wait()
+        p = agentctl("resume", "c-1", cwd=proj, state=state)
+        assert p.returncode == 0, p.stderr
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        agent = int(pid_file.read_text()) if pid_file.exists() else 0
+        if agent and Path(f"/proc/{agent}").exists():  # resume should have stopped it
+            os.killpg(agent, signal.SIGKILL)
+    out = tmp_path / "c.html"
+    assert agentctl("report", "c-1", "-o", str(out), cwd=proj, state=state).returncode == 0
+    browser.load(out.as_uri())
+    assert browser.problems() == []
+    bars = browser.eval("[...document.querySelectorAll('#task-long .bar')].map(b => b.className)")
+    assert bars == ["bar abandoned hatched", "bar complete"]
+    assert browser.eval("document.querySelectorAll('.overlay .band.down').length") == 1
+    title = browser.eval("document.querySelector('.axis .band.down').title")
+    assert title.startswith("the driver stopped (crash or kill): nothing logged for ")
+
+
+def test_the_time_axis_folds_long_idle_stretches() -> None:
+    from agentctl.report_html import Axis
+
+    # a run paused for a day between two bursts of work
+    axis = Axis.build(0.0, 86_410.0, [(0.0, 5.0), (86_400.0, 86_410.0)])
+    assert axis.folds == [(5.0, 86_400.0)]
+    assert axis.x(5.0) == pytest.approx(5 / 15 * 97)
+    assert axis.x(86_400.0) == pytest.approx(5 / 15 * 97 + 3)
+    assert axis.x(86_410.0) == pytest.approx(100.0)
+    labels = [label for _x, label in axis.ticks()]
+    assert labels[0] == "+0" and len(labels) < 20
+    # a short run has no fold
+    assert Axis.build(0.0, 10.0, [(0.0, 2.0), (8.0, 10.0)]).folds == []

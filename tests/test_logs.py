@@ -1,0 +1,278 @@
+"""``agentctl logs``: the real CLI, in subprocesses, on real runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentctl import store
+
+ESC = "\x1b"
+
+PIPELINE = """\
+name: logdemo
+defaults: {retries: 1, model: offline/echo}
+tasks:
+  fetch:
+    command: [sh, -c, "echo fetched-out; echo fetched-err >&2"]
+  write-note:
+    skill: writer
+    needs: fetch
+    command: [sh, -c, 'cat >/dev/null; cp "$AGENTCTL_WORKSPACE/report.json" "$AGENTCTL_OUTPUT"']
+  flaky:
+    needs: fetch
+    command: [sh, -c, 'echo trying; printf "fatal: \\033[31mred\\033[0m disk on fire\\n" >&2; exit 3']
+  ask:
+    skill: writer
+    with: {angle: api}
+  publish:
+    needs: [write-note, flaky]
+    command: [sh, -c, "echo never"]
+"""
+
+
+def cli(*args: str, cwd: Path, state: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AGENTCTL_STATE_DIR": str(state), "AGENTCTL_PLAIN": "1"}
+    return subprocess.run([sys.executable, "-m", "agentctl", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def project(root: Path) -> Path:
+    proj = root / "proj"
+    (proj / "skills" / "writer").mkdir(parents=True)
+    (proj / "skills" / "writer" / "SKILL.md").write_text(
+        "---\nname: writer\ndescription: Writes a note. Use in tests.\n---\nWrite the note, please.\n")
+    (proj / "report.json").write_text(json.dumps(
+        {"status": "COMPLETE", "summary": "note written", "output": {"words": 3}}))
+    return proj
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """A finished, failed run: command tasks (one retried then failed, writing ANSI escapes
+    to stderr), a command agent with a skill (so a prompt), an llm task, a skipped task."""
+    root = tmp_path_factory.mktemp("logs")
+    proj = project(root)
+    (proj / "p.yaml").write_text(PIPELINE)
+    state = root / "state"
+    p = cli("run", "p.yaml", "--run-id", "demo-1", cwd=proj, state=state)
+    assert p.returncode == 1, p.stdout + p.stderr
+    return proj, state, "demo-1"
+
+
+def test_history_is_the_wal_as_readable_lines(run: tuple[Path, Path, str]) -> None:
+    proj, state, rid = run
+    p = cli("logs", rid, cwd=proj, state=state)
+    assert p.returncode == 0 and p.stderr == ""
+    lines = p.stdout.splitlines()
+    records = store.scan_wal(state / "runs" / rid / "wal.jsonl").records
+    assert len(lines) == len(records)  # one line per record, in order
+    assert lines[0].split()[1:3] == ["run", "started"] and "pipeline=logdemo" in lines[0]
+    assert lines[0].startswith(records[0]["at"][11:23])
+
+    def line(*words: str) -> str:
+        hits = [ln for ln in lines if all(w in ln for w in words)]
+        assert len(hits) == 1, (words, lines)
+        return hits[0]
+
+    assert line("start", "fetch#1")
+    assert "exit=0" in line("complete", "fetch#1")
+    first = line("failed", "flaky#1")
+    assert "[command_failed] exit code 3: fatal:" in first and first.endswith("(will retry)")
+    assert "(will retry)" not in line("failed", "flaky#2")
+    assert "model=offline/echo" in line("start", "ask#1")
+    call = line("call", "ask#1")
+    assert "model=offline/echo" in call and "tokens=" in call and "latency=" in call and "$0.0" in call
+    assert "[upstream_failed] needs 'flaky', which failed" in line("skipped", "publish")
+    assert lines[-1].split()[1:] == ["end", "status=failed"]
+    # untrusted text cannot drive the terminal: the escape is shown, not sent
+    assert ESC not in p.stdout
+    assert "\\x1b[31mred\\x1b[0m" in first
+
+
+def test_one_command_task(run: tuple[Path, Path, str]) -> None:
+    proj, state, rid = run
+    p = cli("logs", rid, "flaky", cwd=proj, state=state)
+    assert p.returncode == 0 and p.stderr == ""
+    out = p.stdout
+    assert out.startswith("task flaky\n")
+    assert "status failed · attempts 2" in out
+    assert "error [command_failed] exit code 3: fatal: \\x1b[31mred\\x1b[0m disk on fire" in out
+    # its context packet, then each attempt with its stdout and stderr
+    packet = out.split("== context packet")[1].split("\n== ")[0]
+    assert json.loads(packet.split("\n", 1)[1])["needs"]["fetch"]["summary"] == "fetched-out"
+    for n in (1, 2):
+        adir = state / "runs" / rid / "tasks" / "flaky" / "attempts" / str(n)
+        assert f"== attempt {n} · started" in out
+        assert f"== stdout ({adir}/stdout.log)\ntrying\n" in out
+        assert f"== stderr ({adir}/stderr.log)\nfatal: \\x1b[31mred\\x1b[0m disk on fire\n" in out
+    assert ESC not in out
+
+
+def test_one_command_agent_with_a_skill(run: tuple[Path, Path, str]) -> None:
+    proj, state, rid = run
+    out = cli("logs", rid, "write-note", cwd=proj, state=state).stdout
+    assert "== prompt (" in out and "Write the note, please." in out  # the skill, as sent
+    report = out.split("== report of attempt 1\n")[1].split("\ncommitted report")[0]
+    assert json.loads(report)["output"] == {"words": 3}
+    assert "committed report: " in out and "output.json (the report above)" in out
+
+
+def test_one_llm_task(run: tuple[Path, Path, str]) -> None:
+    proj, state, rid = run
+    out = cli("logs", rid, "ask", cwd=proj, state=state).stdout
+    assert "wave 0 · runner llm · effects read-only · skill writer" in out
+    assert '"angle": "api"' in out  # the context packet
+    conv = out.split("== conversation (")[1].split("\n== ")[0]
+    assert "--- system\nWrite the note, please." in conv
+    assert "--- user\n## Your task" in conv
+    reply = conv.split("--- assistant · reply 1\n")[1]
+    assert json.loads(reply.strip())["status"] == "COMPLETE"  # the raw reply
+    calls = out.split("== model calls (")[1].split("\n== ")[0].splitlines()[1:]
+    assert len(calls) == 1
+    assert calls[0].startswith("call 1  turn 0  offline/echo  ")
+    assert " tokens  $0.0" in calls[0] and "s  request " in calls[0]
+    rec = next(r for r in store.scan_wal(state / "runs" / rid / "wal.jsonl").records
+           if r["type"] == "llm_call")
+    assert f"{rec['tokens']} tokens" in calls[0] and rec["request_hash"][:12] in calls[0]
+    assert "== report of attempt 1\n" in out
+
+
+def test_a_task_that_never_ran(run: tuple[Path, Path, str]) -> None:
+    proj, state, rid = run
+    out = cli("logs", rid, "publish", cwd=proj, state=state).stdout
+    assert "status skipped · attempts 0" in out
+    assert "error [upstream_failed] needs 'flaky', which failed" in out
+    assert "(none: the task never started)" in out
+
+
+def test_usage_errors(run: tuple[Path, Path, str]) -> None:
+    proj, state, rid = run
+    p = cli("logs", rid, "flaki", cwd=proj, state=state)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr == f"agentctl: error: run {rid} has no task 'flaki' (did you mean 'flaky'?)\n"
+    p = cli("logs", "nope", cwd=proj, state=state)
+    assert p.returncode == 3 and p.stdout == "" and "no run 'nope'" in p.stderr
+    p = cli("logs", cwd=proj, state=state)  # the newest run
+    assert p.returncode == 0 and "pipeline=logdemo" in p.stdout
+
+
+def test_records_it_does_not_know_are_shown_not_fatal(run: tuple[Path, Path, str], tmp_path: Path) -> None:
+    proj, state, rid = run
+    copy = tmp_path / "state"
+    shutil.copytree(state, copy)
+    rd = store.StateDir(copy).run(rid)
+    journal = store.Journal(rd, next_seq=store.scan_wal(rd.wal).records[-1]["seq"] + 1)
+    journal.append([{"type": "escalated", "task": "flaky", "to": "oncall", "note": f"pager {ESC}[2J"},
+                    {"type": "weather", "sky": "grey"},
+                    {"type": "attempt_ended", "task": "ghost", "attempt": 7, "outcome": "complete"}])
+    journal.close()
+    p = cli("logs", rid, cwd=proj, state=copy)
+    assert p.returncode == 0, p.stderr
+    tail = p.stdout.splitlines()[-3:]
+    assert tail[0].split()[1:4] == ["escalated", "flaky", "to=oncall"] and "note=pager \\x1b[2J" in tail[0]
+    assert tail[1].split()[1:] == ["weather", "sky=grey"]
+    assert tail[2].split()[1:3] == ["complete", "ghost#7"]
+    p = cli("logs", rid, "flaky", cwd=copy, state=copy)
+    assert p.returncode == 0 and "escalated" in p.stdout and ESC not in p.stdout
+
+
+def test_follow_prints_records_as_they_come_until_the_run_ends(tmp_path: Path) -> None:
+    proj = project(tmp_path)
+    (proj / "p.yaml").write_text("""\
+name: slowpoke
+tasks:
+  first:
+    command: [sh, -c, "echo one"]
+  gate:
+    needs: first
+    command: [sh, -c, 'while [ ! -f "$AGENTCTL_WORKSPACE/go" ]; do sleep 0.05; done; echo opened']
+  last:
+    needs: gate
+    command: [sh, -c, "echo done"]
+""")
+    state = tmp_path / "state"
+    env = {**os.environ, "AGENTCTL_STATE_DIR": str(state), "AGENTCTL_PLAIN": "1"}
+    driver = subprocess.Popen([sys.executable, "-m", "agentctl", "run", "p.yaml", "--run-id", "f-1"],
+                              cwd=proj, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    follower = None
+    try:
+        wal = state / "runs" / "f-1" / "wal.jsonl"
+        _wait(lambda: wal.exists(), "the run to start")
+        follower = subprocess.Popen([sys.executable, "-m", "agentctl", "logs", "f-1", "--follow"],
+                                    cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+        assert follower.stdout is not None
+        seen = []
+        while not any("start" in ln and "gate#1" in ln for ln in seen):
+            line = follower.stdout.readline()
+            assert line, f"follow ended early: {seen}"
+            seen.append(line)
+        # the run is held by its driver; reading needs no lock
+        p = cli("logs", "f-1", cwd=proj, state=state)
+        assert p.returncode == 0 and "gate#1" in p.stdout and "end " not in p.stdout
+        assert follower.poll() is None  # still following
+        (proj / "go").write_text("")
+        rest, err = follower.communicate(timeout=120)
+        assert follower.returncode == 0, err
+        lines = [*seen, *rest.splitlines(keepends=True)]
+        assert [ln.split()[1] for ln in lines][-4:] == ["complete", "start", "complete", "end"]
+        assert lines[-1].split()[1:] == ["end", "status=complete"]
+        assert len(lines) == len(store.scan_wal(wal).records)  # every record, once
+        assert driver.wait(timeout=120) == 0
+    finally:
+        for proc in (follower, driver):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if driver.stderr:
+            driver.stderr.close()
+
+
+def test_follow_on_a_finished_run_prints_it_and_stops(run: tuple[Path, Path, str]) -> None:
+    proj, state, rid = run
+    p = cli("logs", rid, "--follow", cwd=proj, state=state)
+    assert p.returncode == 0
+    assert p.stdout == cli("logs", rid, cwd=proj, state=state).stdout
+    p = cli("logs", rid, "flaky", "-f", cwd=proj, state=state)
+    assert p.returncode == 0
+    assert {ln.split()[2].split("#")[0] for ln in p.stdout.splitlines()[1:-1]} == {"flaky"}
+
+
+def test_follow_stops_when_nobody_drives_the_run(run: tuple[Path, Path, str], tmp_path: Path) -> None:
+    proj, state, rid = run
+    copy = tmp_path / "state"
+    shutil.copytree(state, copy)
+    rd = store.StateDir(copy).run(rid)
+    lines = rd.wal.read_bytes().splitlines(keepends=True)
+    rd.wal.write_bytes(b"".join(lines[:-1]))  # as if the driver died before run_ended
+    p = cli("logs", rid, "--follow", cwd=proj, state=copy)
+    assert p.returncode == 0
+    assert "end " not in p.stdout
+    assert p.stderr == (f"agentctl: no driver is running run {rid}; continue it with "
+                        f"`agentctl resume {rid}`\n")
+
+
+def test_logs_never_imports_litellm(run: tuple[Path, Path, str]) -> None:
+    proj, state, rid = run
+    env = {**os.environ, "AGENTCTL_STATE_DIR": str(state)}
+    for args in (["logs", rid], ["logs", rid, "ask"]):
+        p = subprocess.run([sys.executable, "-X", "importtime", "-m", "agentctl", *args], cwd=proj,
+                           env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0
+        assert "litellm" not in p.stderr
+
+
+def _wait(pred: object, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

@@ -1,0 +1,178 @@
+"""``agentctl trace``: from a failed run to the cause, in one command (the real CLI)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PIPELINE = """\
+name: tracedemo
+defaults: {retries: 1, model: offline/echo}
+tasks:
+  explore:
+    skill: explorer
+    with: {angle: api}
+  keyless:
+    skill: planner
+    model: "offline/keyless?fail=401"
+  plan:
+    skill: planner
+    needs: [explore, keyless]
+  review:
+    needs: plan
+    command: [sh, -c, "echo never"]
+  lint:
+    command: [sh, -c, 'echo "lint: 3 errors in src/app.py" >&2; exit 2']
+  stuck:
+    command: [sh, -c, 'cp "$AGENTCTL_WORKSPACE/blocked.json" "$AGENTCTL_OUTPUT"']
+"""
+
+
+def cli(*args: str, cwd: Path, state: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AGENTCTL_STATE_DIR": str(state), "AGENTCTL_PLAIN": "1"}
+    return subprocess.run([sys.executable, "-m", "agentctl", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def write_skill(proj: Path, name: str, body: str) -> None:
+    (proj / "skills" / name).mkdir(parents=True)
+    (proj / "skills" / name / "SKILL.md").write_text(
+        f"---\nname: {name}\ndescription: The {name}. Use in tests.\n---\n{body}\n")
+
+
+@pytest.fixture(scope="module")
+def failed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    root = tmp_path_factory.mktemp("trace")
+    proj = root / "proj"
+    proj.mkdir()
+    write_skill(proj, "explorer", "Explore.")
+    write_skill(proj, "planner", "Plan carefully.")
+    (proj / "p.yaml").write_text(PIPELINE)
+    (proj / "blocked.json").write_text(json.dumps(
+        {"status": "BLOCKED", "summary": "no key", "blockers": ["no API key"]}))
+    state = root / "state"
+    p = cli("run", "p.yaml", "--run-id", "t-1", cwd=proj, state=state)
+    assert p.returncode == 1, p.stdout + p.stderr
+    # the skill on disk changes after the run: the trace must hash the frozen copy
+    (proj / "skills" / "planner" / "SKILL.md").write_text("edited later\n")
+    return proj, state, "t-1"
+
+
+def status_errors(proj: Path, state: Path, rid: str) -> dict[str, Any]:
+    data = json.loads(cli("status", rid, "--json", cwd=proj, state=state).stdout)
+    return {t["id"]: t["error"] for t in data["tasks"]}
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_trace_names_model_hashes_category_and_exact_error(failed: tuple[Path, Path, str]) -> None:
+    proj, state, rid = failed
+    p = cli("trace", rid, cwd=proj, state=state)
+    assert p.returncode == 0 and p.stderr == ""
+    out = p.stdout
+    rd = state / "runs" / rid
+    errors = status_errors(proj, state, rid)
+
+    assert out.startswith(f"run {rid} (tracedemo) failed · ")
+    blocks = {b.split("\n", 1)[0].split()[1]: b for b in out.split("\n\n")[1:]}
+    # every failing task, and nothing that did not fail on its own
+    assert set(blocks) == {"keyless", "lint", "stuck"}
+
+    k = blocks["keyless"]
+    assert k.startswith("✗ keyless  failed · provider_error\n")
+    assert f"  error    {errors['keyless']['message']}\n" in k  # the exact text status shows
+    assert "  model    offline/keyless?fail=401\n" in k
+    frozen = rd / "definition" / "skills" / "planner" / "SKILL.md"
+    assert f"  skill    planner sha256:{sha(frozen)}\n           {frozen}\n" in k
+    assert sha(frozen) != sha(proj / "skills" / "planner" / "SKILL.md")
+    prompt = rd / "tasks" / "keyless" / "attempts" / "1" / "prompt.md"
+    assert f"  prompt   sha256:{sha(prompt)} ({prompt.stat().st_size} bytes)\n           {prompt}\n" in k
+    call = json.loads((prompt.parent / "call-001.json").read_text())
+    assert f"request {call['request_hash']}" in k and "error: authentication" in k
+    assert f"  look at  {prompt.parent}/" in k and f"agentctl logs {rid} keyless" in k
+    assert "  skipped  plan, review\n" in k
+
+    lint = blocks["lint"]
+    assert lint.startswith("✗ lint  failed · command_failed\n")
+    assert f"  error    {errors['lint']['message']}\n" in lint
+    assert errors["lint"]["message"] == "exit code 2: lint: 3 errors in src/app.py"
+    assert "  attempt  2 (wave 0, runner command)" in lint and "exit code 2" in lint
+    assert "  before   attempt 1: [command_failed] exit code 2: lint: 3 errors in src/app.py" in lint
+    assert "  model    none (a command task)\n  skill    none\n" in lint
+    assert (rd / "tasks" / "lint" / "attempts" / "2").is_dir()
+
+    assert blocks["stuck"].startswith("✗ stuck  blocked · blocked\n")
+    assert "  error    the agent is blocked: no API key\n" in blocks["stuck"]
+
+
+def test_trace_of_a_skipped_task_follows_it_to_the_cause(failed: tuple[Path, Path, str]) -> None:
+    proj, state, rid = failed
+    out = cli("trace", rid, "review", cwd=proj, state=state).stdout
+    blocks = out.split("\n\n")[1:]
+    assert blocks[0].startswith("✗ review  skipped · upstream_failed\n")
+    assert "  cause    keyless (below)" in blocks[0]
+    assert blocks[1].startswith("✗ keyless  failed · provider_error   (why 'review' was skipped)\n")
+    assert len(blocks) == 2
+
+
+def test_trace_json(failed: tuple[Path, Path, str]) -> None:
+    proj, state, rid = failed
+    p = cli("trace", rid, "--json", cwd=proj, state=state)
+    data = json.loads(p.stdout)
+    assert data["run_id"] == rid and data["status"] == "failed"
+    by = {t["task"]: t for t in data["tasks"]}
+    k = by["keyless"]
+    rd = state / "runs" / rid
+    assert k["model"] == "offline/keyless?fail=401"
+    assert k["category"] == "provider_error"
+    assert k["message"] == status_errors(proj, state, rid)["keyless"]["message"]
+    assert k["skill_sha256"] == sha(rd / "definition" / "skills" / "planner" / "SKILL.md")
+    assert k["prompt_sha256"] == sha(rd / "tasks" / "keyless" / "attempts" / "1" / "prompt.md")
+    assert k["attempt_dir"] == str(rd / "tasks" / "keyless" / "attempts" / "1")
+    assert k["caused_skips"] == ["plan", "review"]
+
+
+def test_trace_of_one_task_that_worked(failed: tuple[Path, Path, str]) -> None:
+    proj, state, rid = failed
+    out = cli("trace", rid, "explore", cwd=proj, state=state).stdout
+    block = out.split("\n\n")[1]
+    assert block.startswith("✓ explore  complete\n") and "error" not in block
+    assert "  model    offline/echo\n" in block
+    assert "  call 1   request " in block and " tokens" in block
+
+
+def test_trace_of_a_run_that_worked(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("name: fine\ntasks:\n  a:\n    runner: noop\n")
+    state = tmp_path / "state"
+    assert cli("run", "p.yaml", cwd=tmp_path, state=state).returncode == 0
+    p = cli("trace", cwd=tmp_path, state=state)
+    assert p.returncode == 0
+    assert p.stdout.splitlines()[-1] == "nothing failed: no failed, blocked, cancelled or skipped tasks"
+
+
+def test_trace_usage_errors(failed: tuple[Path, Path, str]) -> None:
+    proj, state, rid = failed
+    p = cli("trace", rid, "revew", cwd=proj, state=state)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr == f"agentctl: error: run {rid} has no task 'revew' (did you mean 'review'?)\n"
+    p = cli("trace", "nope", cwd=proj, state=state)
+    assert p.returncode == 3 and "no run 'nope'" in p.stderr
+
+
+def test_trace_never_imports_litellm(failed: tuple[Path, Path, str]) -> None:
+    proj, state, rid = failed
+    env = {**os.environ, "AGENTCTL_STATE_DIR": str(state)}
+    for cmd in (["trace", rid], ["report", rid, "-o", str(proj / "r.html")]):
+        p = subprocess.run([sys.executable, "-X", "importtime", "-m", "agentctl", *cmd], cwd=proj,
+                           env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert "litellm" not in p.stderr
