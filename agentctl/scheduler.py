@@ -339,6 +339,7 @@ class Scheduler:
     def _shape(self, t: TaskState, top: TaskSpec) -> None:
         """A ready `foreach` or `loop` task becomes a group of children."""
         if t.children:
+            self._reopen(t, top)  # a settled group sent back to pending (retry)
             return
         if top.foreach:
             self._expand(t, top, self._context(t.id))
@@ -395,6 +396,24 @@ class Scheduler:
         self.emit({"type": "tasks_expanded", "task": t.id,
                    "instances": [{"id": cid, "index": i, "item": item}
                                  for i, (cid, item) in enumerate(zip(ids, items, strict=True))]})
+
+    def _reopen(self, t: TaskState, top: TaskSpec) -> None:
+        """Retry a group (`agentctl retry`, `resume --retry-failed`). A fan-out keeps its
+        instances -- it is never expanded twice -- and runs again those that did not
+        complete; a loop reruns the unfinished steps of its last iteration, or, when that
+        iteration completed without passing, goes on with one more."""
+        kids = [self.state.tasks[c] for c in t.children]
+        if t.group == "loop":
+            assert top.loop is not None and t.iteration is not None
+            kids = [k for k in kids if k.iteration == t.iteration]
+            if all(k.status == TaskStatus.COMPLETE.value for k in kids):
+                self._iterate(t, top, t.iteration + 1)
+                return
+        for k in kids:
+            if k.status not in (TaskStatus.COMPLETE.value, TaskStatus.PENDING.value):
+                self.emit({"type": "task_reset", "task": k.id, "by": "agentctl",
+                           "reason": f"'{t.id}' is retried"})
+        self.emit({"type": "group_reopened", "task": t.id})
 
     def _iterate(self, t: TaskState, top: TaskSpec, n: int) -> None:
         assert top.loop is not None

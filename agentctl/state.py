@@ -25,6 +25,7 @@ Record types::
     tasks_expanded   task instances[{id index item}] (fan-out: logged before any starts)
     loop_iteration   task iteration maker{id runner effects skill} checker{...}
     group_ended      task status [report category message exit_reason]
+    group_reopened   task                           (a retried group runs its children again)
     run_ended        status [reason]
 """
 
@@ -314,6 +315,11 @@ def apply(state: RunState, rec: dict[str, Any]) -> None:
         task.reason = None
         task.failures = 0
         task.report = None
+        task.ended_at = None
+        task.exit_reason = None
+    elif kind == "group_reopened":
+        task.status = TaskStatus.RUNNING.value
+        task.error = None
         task.ended_at = None
 
 
