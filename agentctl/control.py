@@ -54,6 +54,16 @@ def _unskip(state: RunState, tid: str, who: str) -> list[dict[str, Any]]:
     return out
 
 
+def _parent(state: RunState, t: TaskState, who: str) -> list[dict[str, Any]]:
+    """A fan-out instance or loop step retried or taken over: its group, if it had settled
+    (failed), goes back to pending too, so the scheduler reopens it (and its dependents)."""
+    p = state.tasks.get(t.parent) if t.parent else None
+    if p is None or not p.settled or p.status == "complete":
+        return []
+    return [{"type": "task_reset", "task": p.id, "by": who, "reason": f"'{t.id}' was retried"},
+            *_unskip(state, p.id, who)]
+
+
 def decide(state: RunState, req: dict[str, Any], output_schemas: dict[str, Any],
            *, driver_alive: bool) -> tuple[list[dict[str, Any]], str]:
     """A request -> the WAL records that carry it out, and a message for the person.
@@ -94,12 +104,13 @@ def decide(state: RunState, req: dict[str, Any], output_schemas: dict[str, Any],
         rec: dict[str, Any] = {"type": "task_taken_over", "task": t.id, "report": report, "by": who}
         if note:
             rec["note"] = note
-        return [rec, *_unskip(state, t.id, who)], f"'{t.id}' completed by {who}"
+        return ([rec, *_unskip(state, t.id, who), *_parent(state, t, who)],
+                f"'{t.id}' completed by {who}")
     if action == "retry":
         if t.status in ("complete", "running") and not (t.status == "running" and not driver_alive):
             raise UsageError(f"task '{t.id}' is {t.status}; retry takes a task that did not complete")
         return ([{"type": "task_reset", "task": t.id, "by": who, "reason": note or "retry by a person"},
-                 *_unskip(state, t.id, who)], f"'{t.id}' is queued again")
+                 *_unskip(state, t.id, who), *_parent(state, t, who)], f"'{t.id}' is queued again")
     raise UsageError(f"unknown action '{action}'")
 
 
