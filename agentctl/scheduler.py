@@ -304,7 +304,12 @@ class Scheduler:
                 top = self._top(t.id)
                 if top is not None and top.when and self._condition(t, top):
                     continue  # skipped by its condition (or the condition failed)
-                if not t.approved and top is not None and self.defn.needs_approval(t.id):
+                # A loop never asks for itself (its runner is "loop"): an irreversible maker
+                # or checker asks, every iteration. A fan-out asks once, for the group.
+                if not t.approved and (
+                        (top is not None and self.defn.needs_approval(t.id))
+                        or (t.role in ("maker", "checker")
+                            and t.effects == Effects.IRREVERSIBLE.value)):
                     # A person decides; other branches go on meanwhile.
                     self.emit({"type": "task_waiting_approval", "task": t.id})
                     continue
