@@ -97,7 +97,10 @@ def _build(node: yaml.Node, path: Path_, out: Located, ctor: yaml.constructor.Sa
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:merge":
                 raise YamlError("YAML merge keys (<<) are not allowed", *_pos(key_node))
             if not isinstance(key_node, yaml.ScalarNode):
-                raise YamlError("mapping keys must be plain scalars", *_pos(key_node))
+                hint = ""
+                if isinstance(key_node, yaml.MappingNode) and key_node.flow_style:
+                    hint = " (an unquoted '{{' opens a nested mapping: quote template text)"
+                raise YamlError(f"mapping keys must be plain scalars{hint}", *_pos(key_node))
             key = ctor.construct_object(key_node)
             # YAML 1.1 reads `on:` as True and `1:` as an int; keep what the author wrote.
             skey = key if isinstance(key, str) else key_node.value

@@ -181,6 +181,13 @@ def test_tabs_are_malformed_yaml_with_a_place(tmp_path: Path) -> None:
     assert only_error(p).startswith("p.yaml:3:1: error: invalid YAML: found character '\\t'")
 
 
+def test_an_unquoted_template_placeholder(tmp_path: Path) -> None:
+    # CrewAI's flow templates write `name: {{flow_name}}`, which YAML reads as nested mappings.
+    p = project(tmp_path, "name: {{flow_name}}\ntasks:\n  a: {command: [a]}\n")
+    assert only_error(p) == ("p.yaml:1:8: error: mapping keys must be plain scalars (an unquoted "
+                             "'{{' opens a nested mapping: quote template text)")
+
+
 def test_duplicate_keys(tmp_path: Path) -> None:
     p = project(tmp_path, """\
         name: x
