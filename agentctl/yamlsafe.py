@@ -58,31 +58,27 @@ class _NoAliasLoader(yaml.SafeLoader):
     _depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        where = _mark(event.start_mark)
         if isinstance(event, yaml.AliasEvent):
-            raise YamlError(
-                f"YAML anchors and aliases are not allowed in agentctl files (found *{event.anchor}); "
-                "write the value out",
-                event.start_mark.line + 1,
-                event.start_mark.column + 1,
-            )
+            raise YamlError(f"YAML anchors and aliases are not allowed in agentctl files (found "
+                            f"*{event.anchor}); write the value out", *where)
         anchor = getattr(event, "anchor", None)
         if anchor is not None:
-            raise YamlError(
-                f"YAML anchors and aliases are not allowed in agentctl files (found &{anchor}); "
-                "write the value out",
-                event.start_mark.line + 1,
-                event.start_mark.column + 1,
-            )
+            raise YamlError(f"YAML anchors and aliases are not allowed in agentctl files (found "
+                            f"&{anchor}); write the value out", *where)
         # Refuse deep nesting here, before PyYAML's recursive composer can run out of stack.
         if self._depth >= MAX_DEPTH:
-            raise YamlError(f"values are nested more than {MAX_DEPTH} levels deep",
-                            event.start_mark.line + 1, event.start_mark.column + 1)
+            raise YamlError(f"values are nested more than {MAX_DEPTH} levels deep", *where)
         self._depth += 1
         try:
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+def _mark(mark: Any) -> tuple[int | None, int | None]:
+    return (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
 
 
 def _pos(node: yaml.Node) -> tuple[int, int]:
@@ -126,12 +122,13 @@ def _build(node: yaml.Node, path: Path_, out: Located, ctor: yaml.constructor.Sa
 def load(text: str | bytes) -> Located:
     """Parse one YAML document. Raises YamlError with a 1-based position."""
     if isinstance(text, bytes):
-        if len(text) > MAX_BYTES:
+        raw: bytes = text
+        if len(raw) > MAX_BYTES:
             raise YamlError(f"file is larger than {MAX_BYTES // 1024} KiB; refusing to parse it", 1, 1)
         try:
-            text = text.decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            line = text[: e.start].count(b"\n") + 1
+            line = raw[: e.start].count(b"\n") + 1
             raise YamlError(f"file is not valid UTF-8 (byte {e.start})", line, 1) from None
     if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
         raise YamlError(f"file is larger than {MAX_BYTES // 1024} KiB; refusing to parse it", 1, 1)
