@@ -21,7 +21,6 @@ from agentctl.errors import DefinitionError, Diagnostic
 from agentctl.models import (
     Budget,
     Defaults,
-    Effects,
     InputSpec,
     Limits,
     Pipeline,
@@ -31,6 +30,7 @@ from agentctl.models import (
 )
 from agentctl.planning import find_cycles
 from agentctl.skills import SkillRefused, load_output_schema, load_skill
+from agentctl.vocab import Effects
 
 TASK_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 # What `tasks.<id>.` may be followed by in an expression.
