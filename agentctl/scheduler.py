@@ -630,7 +630,10 @@ class Scheduler:
         with_ = expr.render(spec.with_, ctx)
         argv = [expr.render_str(a, ctx) for a in spec.command] if spec.command else None
         env_extra = {k: expr.render_str(v, ctx) for k, v in {**self.defn.pipeline.defaults.env, **spec.env}.items()}
-        needs = {d: self.state.tasks[d].report or {} for d in t.needs if d in self.state.tasks
+        # A group's children receive what the group needs: a checker too (its own need, the
+        # maker, reaches it as loop.maker), so it can check the draft against the evidence.
+        owner = self.state.tasks[t.parent] if t.parent else t
+        needs = {d: self.state.tasks[d].report or {} for d in owner.needs if d in self.state.tasks
                  and self.state.tasks[d].parent is None}
         extra: dict[str, Any] = {}
         if t.role == "instance":
