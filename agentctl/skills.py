@@ -100,6 +100,8 @@ def _lenient_frontmatter(text: str) -> dict[str, Any]:
     key: str | None = None
     buf: list[str] = []
     open_tags: list[str] = []
+    # A tag counts as a block only if it is closed somewhere: a stray <br> swallows nothing.
+    closed = {t.lower() for t in _CLOSE_TAG.findall(text)}
 
     def flush() -> None:
         if key is None:
@@ -137,7 +139,7 @@ def _lenient_frontmatter(text: str) -> dict[str, Any]:
             buf.append(raw)
         # Only a tag that begins a line opens a block: `List<String>` in a sentence does not.
         opened = _OPEN_TAG.match(raw)
-        if opened:
+        if opened and opened.group(1).lower() in closed:
             open_tags.append(opened.group(1).lower())
         for tag in _CLOSE_TAG.findall(raw):
             if tag.lower() in open_tags:

@@ -155,6 +155,13 @@ Body.
     assert s.body == "Body.\n"
 
 
+def test_a_tag_that_is_never_closed_does_not_swallow_the_fields_after_it(tmp_path: Path) -> None:
+    text = "---\nname: demo\ndescription: Demos: a first line\n<br>\nmodel: opus\n---\nB\n"
+    s = load_skill(skill_file(tmp_path, text))
+    assert s.description == "Demos: a first line <br>"
+    assert any(w.startswith("unknown field 'model'") for w in s.warnings)
+
+
 def test_lenient_values_are_read_as_yaml_where_they_can_be(tmp_path: Path) -> None:
     text = "---\nname: 'demo'\ndescription: a: b\nallowed-tools: [Read, Grep]\n---\nB\n"
     s = load_skill(skill_file(tmp_path, text))
