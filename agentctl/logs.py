@@ -113,9 +113,42 @@ class RunLog:
         return cls(run, store.scan_wal(run.wal).records)
 
     def task_ids(self) -> list[str]:
-        ids = list(self.spec)
-        ids += [t for t in self.by_task if t not in self.spec]
-        return ids
+        """Every task: planned ones in order, each followed by the tasks it spawned (fan-out
+        instances, loop iterations), then any other id the log names."""
+        tasks = self.state.tasks
+        out: list[str] = []
+        seen: set[str] = set()
+
+        def visit(tid: str) -> None:
+            if tid in seen:
+                return
+            seen.add(tid)
+            out.append(tid)
+            t = tasks.get(tid)
+            for child in t.children if t is not None else []:
+                visit(child)
+
+        for tid in [*self.spec, *tasks]:
+            t = tasks.get(tid)
+            if t is None or not t.parent or t.parent not in tasks:
+                visit(tid)
+        for tid in [*tasks, *self.by_task]:
+            visit(tid)
+        return out
+
+    def has_task(self, tid: str) -> bool:
+        return tid in self.spec or tid in self.state.tasks or tid in self.by_task
+
+    def info(self, tid: str) -> dict[str, Any]:
+        """What the plan (or, for a spawned task, its parent) says about a task."""
+        spec = dict(self.spec.get(tid, {}))
+        t = self.state.tasks.get(tid)
+        if t is not None:
+            for key in ("wave", "needs", "effects", "runner", "skill", "parent", "role",
+                        "iteration", "index", "group"):
+                if spec.get(key) is None and getattr(t, key, None) is not None:
+                    spec[key] = getattr(t, key)
+        return spec
 
     def attempts(self, tid: str) -> list[AttemptLog]:
         out: dict[int, AttemptLog] = {}
@@ -259,6 +292,22 @@ def describe(rec: dict[str, Any]) -> tuple[str, str]:
         rep: dict[str, Any] = r["report"] if isinstance(r.get("report"), dict) else {}
         return "takeover", (f"report supplied by {short(str(r.get('by')))}"
                             + (f": {short(str(rep.get('summary')), 120)}" if rep.get("summary") else ""))
+    if kind == "tasks_expanded":
+        ids = [str(i.get("id")) for i in r.get("instances") or [] if isinstance(i, dict)]
+        return "expand", f"{len(ids)} instance{'s' if len(ids) != 1 else ''}: " + short(", ".join(ids), 200)
+    if kind == "loop_iteration":
+        roles = [f"{role} {short(str(r[role].get('id')), 60)}" for role in ("maker", "checker")
+                 if isinstance(r.get(role), dict)]
+        return "iterate", f"iteration {r.get('iteration')}: " + ", ".join(roles)
+    if kind == "group_ended":
+        bits = [f"status={short(str(r.get('status')))}"]
+        if r.get("exit_reason"):
+            bits.append(f"exit_reason={short(str(r['exit_reason']))}")
+        if r.get("category"):
+            bits.append(f"[{short(str(r['category']), 40)}] {short(str(r.get('message') or ''))}")
+        return "group", " ".join(bits)
+    if kind == "task_failed":
+        return "failed", f"[{short(str(r.get('category')), 40)}] {short(str(r.get('message') or ''))}"
     if kind == "run_ended":
         reason = f" ({short(str(r['reason']))})" if r.get("reason") else ""
         return "end", f"status={short(str(r.get('status')))}{reason}"
@@ -387,7 +436,7 @@ def _reply(call: dict[str, Any]) -> str | None:
 def task_sections(log: RunLog, tid: str) -> Iterator[tuple[str, str]]:
     """(heading, body) pairs: everything about one task, in the order it happened."""
     run = log.run
-    spec = log.spec.get(tid, {})
+    spec = log.info(tid)
     t = log.state.tasks.get(tid)
     head = [f"task {tid}"]
     if spec:
@@ -546,7 +595,7 @@ def command(state_dir: store.StateDir, run_id: str | None, task: str | None, *,
     """``agentctl logs``: raises AgentctlError for what a user can fix."""
     run = resolve_run(state_dir, run_id)
     log = RunLog.read(run)
-    if task is not None and task not in log.spec and task not in log.by_task:
+    if task is not None and not log.has_task(task):
         raise unknown_task(run.run_id, task, log.task_ids())
     if follow_:
         from agentctl import views

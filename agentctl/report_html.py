@@ -216,7 +216,7 @@ def totals(log: RunLog) -> tuple[list[list[Any]], list[list[Any]]]:
     by_skill: dict[str, dict[str, Any]] = {}
     by_model: dict[str, dict[str, Any]] = {}
     for tid in log.task_ids():
-        spec = log.spec.get(tid, {})
+        spec = log.info(tid)
         t = log.state.tasks.get(tid)
         key = spec.get("skill") or f"(no skill: {spec.get('runner', '?')})"
         s = by_skill.setdefault(key, {"tasks": 0, "complete": 0, "attempts": 0, "tokens": 0,
@@ -304,7 +304,7 @@ _EVENT_MARKS = {"task_skipped": "skip", "task_waiting_approval": "wait", "approv
 def _lane(log: RunLog, tid: str, axis: Axis, t_end: float,
           live: bool) -> tuple[str, list[tuple[float, float]]]:
     run = log.run
-    spec = log.spec.get(tid, {})
+    spec = log.info(tid)
     t = log.state.tasks.get(tid)
     status = t.status if t else "unknown"
     attempts = log.attempts(tid)
@@ -322,6 +322,14 @@ def _lane(log: RunLog, tid: str, axis: Axis, t_end: float,
         track.append(_span(axis, bar.start, bar.end, cls, bar.title))
         spans.append((bar.start, bar.end))
         prev = bar
+    if t is not None and t.group:
+        # A fan-out or a loop: a bracket over the time its children ran.
+        g0, g1 = ts(t.started_at), ts(t.ended_at) or t_end
+        if g0 is not None:
+            what = (f"{t.group}: {len(t.children)} task(s)"
+                    + (f", stopped: {t.exit_reason}" if t.exit_reason else ""))
+            track.append(_span(axis, g0, g1, f"groupbar {esc(status)}", what))
+            spans.append((g0, g1))
     for ev in log.task_events(tid):
         mark = _EVENT_MARKS.get(str(ev.get("type")))
         at = ts(ev.get("at"))
@@ -336,6 +344,12 @@ def _lane(log: RunLog, tid: str, axis: Axis, t_end: float,
     for a in attempts:
         models += [str(c["model"]) for c in a.calls if c.get("model") and str(c["model"]) not in models]
     info = f"{len(attempts)}× · {dur(took)}" if attempts else ""
+    if t is not None and t.group:
+        info = f"{t.group} · {len(t.children)}"
+    depth, up = 0, spec.get("parent")
+    while up and depth < 3:
+        depth += 1
+        up = log.info(str(up)).get("parent")
     summary = (f'<summary><span class="name" title="{esc(tid)}: {esc(status)}">'
                f'<span class="tid">{esc(tid)}</span><span class="badge {esc(status)}" '
                f'role="img" aria-label="{esc(status)}"></span></span>'
@@ -401,7 +415,8 @@ def _lane(log: RunLog, tid: str, axis: Axis, t_end: float,
             parts.append(f"<h4>stderr of attempt {attempts[-1].n} (end)</h4>" + _pre(stderr, ""))
     parts.append(f'<p class="muted">files: {esc(tdir)}</p>')
     body = f'<div class="panel">{"".join(parts)}</div>'
-    lane = (f'<details class="lane" id="task-{esc(tid)}" data-task="{esc(tid)}" '
+    child = f" child{depth}" if depth else ""
+    lane = (f'<details class="lane{child}" id="task-{esc(tid)}" data-task="{esc(tid)}" '
             f'data-status="{esc(status)}">{summary}{body}</details>')
     return lane, spans
 
@@ -448,6 +463,11 @@ cursor:pointer;list-style:none}
 .name{padding-left:10px;white-space:nowrap;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
 font-size:12.5px;display:flex;gap:6px;align-items:center;min-width:0}
 .tid{overflow:hidden;text-overflow:ellipsis}
+.child1 .name{padding-left:28px}.child2 .name{padding-left:46px}.child3 .name{padding-left:64px}
+.groupbar{position:absolute;top:6px;height:7px;border:2px solid var(--grey);border-bottom:0;
+border-radius:3px 3px 0 0;box-sizing:border-box;min-width:4px}
+.groupbar.complete{border-color:var(--ok)}.groupbar.failed{border-color:var(--bad)}
+.groupbar.running{border-color:var(--run)}
 .name::before{content:"▸";color:var(--muted);font-size:10px}.lane[open] .name::before{content:"▾"}
 .badge{width:8px;height:8px;border-radius:50%;background:var(--grey);flex:none;margin-left:auto;margin-right:6px}
 .badge.complete{background:var(--ok)}.badge.failed,.badge.cancelled{background:var(--bad)}
@@ -553,7 +573,7 @@ def render(log: RunLog, status: str, now: float | None = None) -> str:
 
     waves: dict[int, list[str]] = {}
     for tid in log.task_ids():
-        w = log.spec.get(tid, {}).get("wave")
+        w = log.info(tid).get("wave")
         waves.setdefault(w if isinstance(w, int) else -1, []).append(tid)
     sections = []
     for w in sorted(waves):

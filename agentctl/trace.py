@@ -66,9 +66,16 @@ def root_causes(log: RunLog, tid: str, seen: set[str] | None = None) -> list[str
     seen.add(tid)
     tasks = log.state.tasks
     t = tasks.get(tid)
+    if t is not None and t.children and t.status in FAILING:
+        # A fan-out or loop that failed because of its children: they are the cause.
+        bad = [c for c in t.children if c in tasks and tasks[c].status not in ("complete", "skipped")]
+        out = []
+        for c in bad:
+            out += [r for r in root_causes(log, c, seen) if r not in out]
+        return out or [tid]
     if t is None or t.status != "skipped":
         return [tid]
-    out: list[str] = []
+    out = []
     for n in t.needs:
         need = tasks.get(n)
         if need is None or need.status == "complete" or n in seen:
@@ -90,7 +97,7 @@ def failing(log: RunLog) -> list[str]:
 
 
 def trace_task(log: RunLog, tid: str) -> Trace:
-    spec = log.spec.get(tid, {})
+    spec = log.info(tid)
     t = log.state.tasks.get(tid)
     err = (t.error if t else None) or {}
     tr = Trace(task=tid, status=t.status if t else "unknown", category=err.get("category"),
@@ -148,14 +155,18 @@ def trace_task(log: RunLog, tid: str) -> Trace:
 def collect(log: RunLog, task: str | None) -> list[Trace]:
     if task is None:
         return [trace_task(log, tid) for tid in failing(log)]
-    if task not in log.spec and task not in log.by_task:
+    if not log.has_task(task):
         raise unknown_task(log.run.run_id, task, log.task_ids())
     out = [trace_task(log, task)]
-    for cause in root_causes(log, task):
-        if cause != task:
-            tr = trace_task(log, cause)
-            tr.asked_for = task
-            out.append(tr)
+    queue, seen = [task], {task}
+    while queue:  # a skip's cause may be a group, whose causes are its children
+        for cause in root_causes(log, queue.pop(0)):
+            if cause not in seen:
+                seen.add(cause)
+                queue.append(cause)
+                tr = trace_task(log, cause)
+                tr.asked_for = task
+                out.append(tr)
     return out
 
 
@@ -189,8 +200,17 @@ def render(log: RunLog, traces: list[Trace], status: str | None = None) -> str:
         if tr.message or tr.category:
             lines.append(f"  error    {_indent(clean(tr.message or '(no message recorded)'), pad)}")
         causes = [c for c in root_causes(log, tr.task) if c != tr.task]
-        if tr.status == "skipped" and causes and not tr.attempts:
-            lines.append(f"  cause    {', '.join(clean(c) for c in causes)} (below)")
+        if causes and not tr.attempts:
+            group = log.state.tasks[tr.task].group if tr.task in log.state.tasks else None
+            if group:
+                kids = log.state.tasks[tr.task].children
+                lines.append(f"  group    {group} of {len(kids)}: {', '.join(clean(k) for k in kids[:20])}"
+                             + (" …" if len(kids) > 20 else ""))
+            listed = {t.task for t in traces}
+            lines.append(f"  cause    {', '.join(clean(c) for c in causes)}"
+                         + (" (below)" if all(c in listed for c in causes) else ""))
+            if tr.caused_skips:
+                lines.append(f"  skipped  {', '.join(clean(s) for s in tr.caused_skips)}")
             continue
         where = f"wave {tr.wave}, runner {tr.runner}"
         if tr.attempts:

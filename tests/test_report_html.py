@@ -466,3 +466,34 @@ def test_the_time_axis_folds_long_idle_stretches() -> None:
     assert labels[0] == "+0" and len(labels) < 20
     # a short run has no fold
     assert Axis.build(0.0, 10.0, [(0.0, 2.0), (8.0, 10.0)]).folds == []
+
+
+def test_fan_out_instances_sit_under_their_group(tmp_path: Path, browser: CDP) -> None:
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "p.yaml").write_text("""\
+name: fan
+tasks:
+  plan:
+    command: [sh, -c, 'cp "$AGENTCTL_WORKSPACE/plan.json" "$AGENTCTL_OUTPUT"']
+  work:
+    needs: plan
+    foreach: ${{ tasks.plan.output }}
+    runner: noop
+  publish:
+    needs: work
+    runner: noop
+""")
+    (proj / "plan.json").write_text('{"status": "COMPLETE", "summary": "p", "output": [1, 2, 3]}')
+    state = tmp_path / "state"
+    assert agentctl("run", "p.yaml", "--run-id", "fan-1", cwd=proj, state=state).returncode == 0
+    out = tmp_path / "fan.html"
+    assert agentctl("report", "fan-1", "-o", str(out), cwd=proj, state=state).returncode == 0
+    browser.load(out.as_uri())
+    assert browser.problems() == []
+    lanes = browser.eval("[...document.querySelectorAll('details.lane')].map(d => [d.dataset.task, d.className])")
+    assert lanes == [["plan", "lane"], ["work", "lane"], ["work.0", "lane child1"],
+                     ["work.1", "lane child1"], ["work.2", "lane child1"], ["publish", "lane"]]
+    assert browser.eval("document.getElementById('task-work').querySelectorAll('.groupbar').length") == 1
+    browser.click("[id='task-work.1'] > summary")
+    assert "no-op" in browser.eval("document.getElementById('task-work.1').querySelector('.report pre').innerText")

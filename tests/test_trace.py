@@ -159,6 +159,38 @@ def test_trace_of_a_run_that_worked(tmp_path: Path) -> None:
     assert p.stdout.splitlines()[-1] == "nothing failed: no failed, blocked, cancelled or skipped tasks"
 
 
+FANOUT = """\
+name: fan
+tasks:
+  plan:
+    command: [sh, -c, 'echo "{\\"status\\":\\"COMPLETE\\",\\"summary\\":\\"p\\",\\"output\\":[\\"a\\",\\"b\\",\\"c\\"]}" > "$AGENTCTL_OUTPUT"']
+  work:
+    needs: plan
+    foreach: ${{ tasks.plan.output }}
+    retries: 0
+    command: [sh, -c, 'if [ "$AGENTCTL_TASK_ID" = work.1 ]; then echo "item b is broken" >&2; exit 4; fi']
+  publish:
+    needs: work
+    command: [sh, -c, "echo published"]
+"""
+
+
+def test_trace_follows_a_fan_out_to_the_instance_that_failed(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(FANOUT)
+    state = tmp_path / "state"
+    p = cli("run", "p.yaml", "--run-id", "fan-1", cwd=tmp_path, state=state)
+    assert p.returncode == 1, p.stdout + p.stderr
+    out = cli("trace", "fan-1", "publish", cwd=tmp_path, state=state).stdout
+    heads = [b.split("\n", 1)[0] for b in out.split("\n\n")[1:]]
+    assert heads == ["✗ publish  skipped · upstream_failed",
+                     "✗ work  failed · upstream_failed   (why 'publish' was skipped)",
+                     "✗ work.1  failed · command_failed   (why 'publish' was skipped)"]
+    assert "  group    foreach of 3: work.0, work.1, work.2\n  cause    work.1" in out
+    assert "  error    exit code 4: item b is broken\n" in out
+    logs = cli("logs", "fan-1", cwd=tmp_path, state=state).stdout
+    assert "expand    work" in logs and "3 instances: work.0, work.1, work.2" in logs
+
+
 def test_trace_usage_errors(failed: tuple[Path, Path, str]) -> None:
     proj, state, rid = failed
     p = cli("trace", rid, "revew", cwd=proj, state=state)
