@@ -12,17 +12,13 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
 from agentctl import expr, yamlsafe
 from agentctl.errors import DefinitionError, Diagnostic
 from agentctl.models import (
-    Budget,
-    Defaults,
-    InputSpec,
-    Limits,
     Pipeline,
     Skill,
     StepSpec,
@@ -187,11 +183,21 @@ _EXPECTED = {
 }
 
 
+def _submodel(owner: type[BaseModel], name: str) -> type[BaseModel] | None:
+    """The model of field ``name`` of ``owner`` (through ``X | None`` and ``dict[str, X]``)."""
+    for fname, f in owner.model_fields.items():
+        if name in (fname, f.alias):
+            todo: list[Any] = [f.annotation]
+            while todo:
+                t = todo.pop()
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    return t
+                todo += get_args(t)
+    return None
+
+
 def _report_pydantic(c: _Collector, err: ValidationError, prefix: tuple[str | int, ...],
                      model: type[BaseModel]) -> None:
-    nested: dict[str, type[BaseModel]] = {
-        "defaults": Defaults, "limits": Limits, "budget": Budget, "inputs": InputSpec,
-    }
     for e in err.errors():
         loc = prefix + tuple(e["loc"])
         where = _dotted(loc)
@@ -200,7 +206,7 @@ def _report_pydantic(c: _Collector, err: ValidationError, prefix: tuple[str | in
             key = str(loc[-1])
             owner: type[BaseModel] = model
             for part in e["loc"][:-1]:
-                owner = nested.get(str(part), owner)
+                owner = _submodel(owner, str(part)) or owner
             c.error(loc, f"{where}: unknown field '{key}'{did_you_mean(key, _fields(owner))}",
                     key=True)
         elif kind == "missing":

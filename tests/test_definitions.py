@@ -249,6 +249,22 @@ def test_unknown_fields_with_did_you_mean(tmp_path: Path) -> None:
     ]
 
 
+def test_did_you_mean_looks_in_the_right_model(tmp_path: Path) -> None:
+    # 'budget' here is an input's name, not the budget model: no 'tokens' suggestion for 'tokenz'.
+    p = project(tmp_path, """\
+        name: x
+        inputs:
+          budget: {defualt: 1, tokenz: 2}
+        tasks:
+          a: {command: [a], budget: {tokenz: 5}}
+        """)
+    assert errors(p) == [
+        "p.yaml:3:12: error: inputs.budget.defualt: unknown field 'defualt' (did you mean 'default'?)",
+        "p.yaml:3:24: error: inputs.budget.tokenz: unknown field 'tokenz'",
+        "p.yaml:5:30: error: tasks.a.budget.tokenz: unknown field 'tokenz' (did you mean 'tokens'?)",
+    ]
+
+
 def test_top_level_typo(tmp_path: Path) -> None:
     p = project(tmp_path, "name: x\ntask:\n  a: {command: [a]}\n")
     assert errors(p) == [
