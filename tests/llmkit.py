@@ -108,8 +108,8 @@ class LLMProject:
         return dict(json.loads(path.read_text()))
 
     def call_files(self, run_id: str, task: str, attempt: int = 1) -> list[dict[str, Any]]:
-        d = self.run_dir(run_id).attempt_dir(task, attempt)
-        return [json.loads(p.read_text()) for p in sorted(d.glob("call-*.json"))]
+        """Every request the attempt made (exchange.json's ``calls``)."""
+        return list(self.exchange(run_id, task, attempt)["calls"])
 
     def output(self, run_id: str, task: str) -> dict[str, Any]:
         return dict(json.loads((self.run_dir(run_id).task_dir(task) / "output.json").read_text()))

@@ -152,8 +152,8 @@ def test_a_response_is_reused_after_a_sigkill_between_response_and_commit(
     assert state.tasks["a"].status == "complete" and state.tasks["a"].attempt == 2
     calls = [rec for rec in project.wal("r1") if rec["type"] == "llm_call"]
     assert [c["attempt"] for c in calls] == [1]  # paid once, in the attempt that was killed
-    attempt2 = project.run_dir("r1").attempt_dir("a", 2)
-    [reused] = [json.loads(f.read_text()) for f in sorted(attempt2.glob("call-*.json"))]
+    exchange = project.run_dir("r1").attempt_dir("a", 2) / "exchange.json"
+    [reused] = json.loads(exchange.read_text())["calls"]
     assert reused["cached"] is True and reused["request_hash"] == calls[0]["request_hash"]
     assert state.tokens == calls[0]["tokens"]  # counted once
     check_run_files(project.run_dir("r1"))

@@ -112,9 +112,9 @@ def test_offline_run_end_to_end(proj: LLMProject) -> None:
     assert "unrelated" not in user["content"] and '"goal": "g"' in user["content"]
     assert '"findings"' in user["content"]  # the report contract, with the output schema in it
     assert ex["outcome"] == "report" and ex["paid_calls"] == 1
-    [call] = proj.call_files(rid, "b")
-    assert call["request"]["response_format"] == {"type": "json_object"}
-    assert call["request"]["model"] == "offline/echo" and call["response"]["usage"]["total_tokens"] > 0
+    [call] = ex["calls"]
+    assert call["params"] == {"model": "offline/echo", "response_format": {"type": "json_object"}}
+    assert call["sent_messages"] == 2 and call["response"]["usage"]["total_tokens"] > 0
 
     # Tokens and cost per call (WAL), per task and in totals (status --json).
     rows = proj.rows(rid)

@@ -67,7 +67,7 @@ def test_planted_secrets_appear_nowhere(project: Project, server: FakeOpenAI, tm
     for rid in ("ok", "bad"):
         texts[f"status {rid}"] = json.dumps(project.status(rid)).encode()
         texts[f"status table {rid}"] = project.cli("status", rid).stdout.encode()
-    assert any("call-" in name for name in texts) and any("stdout.log" in name for name in texts)
+    assert any("exchange.json" in name for name in texts) and any("stdout.log" in name for name in texts)
     for needle in (KEY, TOKEN, KEY[10:26]):
         leaks = [name for name, data in texts.items() if needle.encode() in data]
         assert not leaks, f"{needle[:12]}... leaked into {leaks}"

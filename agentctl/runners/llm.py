@@ -25,7 +25,8 @@ One attempt, in order:
    problems, at most ``max_repairs`` times; then the task fails as ``invalid_output``, not
    retried (the model has had its chances, and a new attempt would replay the same replies).
 6. Everything sent and received is kept in the attempt's directory, secrets masked:
-   ``call-NNN.json`` per request (and per failed try), ``exchange.json`` for the conversation.
+   ``exchange.json``, rewritten after each request: the conversation, and every request
+   made for it (failed tries and reused responses too) with its outcome and cost.
 
 Model strings are litellm's, with agentctl's options after a ``?``::
 
@@ -289,6 +290,7 @@ class LLMRunner:
         try:
             report = await conv.run()
         except RunnerError as e:
+            conv.ending = e.category
             return Outcome(category=e.category, message=redact.default().text(e.message),
                            retryable=e.retryable, details=conv.details())
         finally:
@@ -312,7 +314,7 @@ class _Conversation:
         self.a = attempt
         self.litellm = litellm
         self.max_repairs = max_repairs
-        self.calls = 0  # requests written to call-NNN.json
+        self.entries: list[dict[str, Any]] = []  # every request made, for exchange.json
         self.paid = 0  # responses paid for in this attempt
         self.reused = 0
         self.tokens = 0
@@ -356,12 +358,10 @@ class _Conversation:
             self.problems = problems
             self.messages.append({"role": "assistant", "content": content})
             if over_budget:
-                self.ending = "budget"
                 raise RunnerError("budget", self._budget_text() + "; the last reply is not a "
                                   "valid report (" + "; ".join(problems[:3]) + ")")
             if turn < self.max_repairs:
                 self.messages.append({"role": "user", "content": _repair_text(problems)})
-        self.ending = "invalid_output"
         raise RunnerError("invalid_output", f"the reply is not a valid report after "
                           f"{self.max_repairs} repair(s): " + "; ".join(self.problems[:5]))
 
@@ -515,33 +515,34 @@ class _Conversation:
                   try_: int, *, response: dict[str, Any] | None = None,
                   error: _Failure | None = None, cached: bool = False, latency: float = 0.0,
                   tokens: int = 0, cost: float = 0.0, backoff: float | None = None) -> None:
-        self.calls += 1
+        # The conversation only grows, so a request is the first `sent_messages` messages
+        # of exchange.json's `messages`, plus its `params`.
         entry: dict[str, Any] = {
-            "n": self.calls, "turn": turn, "model": spec.raw, "try": try_,
+            "n": len(self.entries) + 1, "turn": turn, "model": spec.raw, "try": try_,
+            "sent_messages": len(request["messages"]),
+            "params": {k: v for k, v in request.items() if k != "messages"},
             "request_hash": key, "cached": cached, "latency_s": round(latency, 4),
-            "tokens": tokens, "cost_usd": cost,
-            "request": {**request, "messages": list(request["messages"])},
-            "response": response,
+            "tokens": tokens, "cost_usd": cost, "response": response,
             "error": None if error is None else {"kind": error.kind, "retryable": error.retryable,
                                                  "message": error.message},
         }
         if error is not None:
             entry["backoff_s"] = None if backoff is None else round(backoff, 4)
-        self._write(f"call-{self.calls:03d}.json", entry)
+        self.entries.append(entry)
+        self.save()  # after every call: a hung or killed attempt still shows what it sent
 
     def save(self) -> None:
-        self._write("exchange.json", {
+        """``exchange.json`` in the attempt's directory: the whole conversation and every
+        request made for it. For people: the WAL holds what recovery needs."""
+        data = {
             "task": self.a.task_id, "attempt": self.a.attempt, "models": self.a.models,
-            "answered_by": self.answered_by, "outcome": self.ending, "turns": self.turns,
-            "calls": self.calls, "paid_calls": self.paid, "reused_calls": self.reused,
-            "tokens": self.tokens, "cost_usd": self.cost, "problems": self.problems,
-            "messages": self.messages,
-        })
-
-    def _write(self, name: str, obj: dict[str, Any]) -> None:
-        # The exchange files are for people; the WAL holds what matters.
+            "outcome": self.ending, "answered_by": self.answered_by, "turns": self.turns,
+            "paid_calls": self.paid, "reused_calls": self.reused, "tokens": self.tokens,
+            "cost_usd": self.cost, "problems": self.problems, "messages": self.messages,
+            "calls": self.entries,
+        }
         with contextlib.suppress(OSError):
-            write_json_atomic(Path(self.a.attempt_dir) / name, redact.default().obj(obj))
+            write_json_atomic(Path(self.a.attempt_dir) / "exchange.json", redact.default().obj(data))
 
     def details(self) -> dict[str, Any]:
         return {"model": self.answered_by, "turns": self.turns, "calls": self.paid,
