@@ -218,6 +218,22 @@ class LineReporter:
             line = f"skipped  {rec['task']}: {rec.get('reason')}"
         elif kind == "task_needs_review":
             line = f"review   {rec['task']}: {rec.get('reason')}"
+        elif kind == "task_failed":
+            line = f"failed   {rec['task']} [{rec.get('category')}] {rec.get('message') or ''}"
+        elif kind == "tasks_expanded":
+            ids = [i["id"] for i in rec["instances"]]
+            shown = ", ".join(ids[:3]) + (f", ... {ids[-1]}" if len(ids) > 3 else "")
+            line = f"expand   {rec['task']} into {len(ids)} instance(s): {shown}"
+        elif kind == "loop_iteration":
+            line = (f"iterate  {rec['task']} iteration {rec['iteration']}: "
+                    f"{rec['maker']['id']} then {rec['checker']['id']}")
+        elif kind == "group_ended":
+            t = state.tasks[rec["task"]]
+            why = f" ({rec['exit_reason']})" if rec.get("exit_reason") else ""
+            what = (f"after {t.iteration} iteration(s)" if t.group == "loop"
+                    else f"{len(t.children)} instance(s)")
+            extra = f" [{rec['category']}] {rec.get('message') or ''}" if rec.get("category") else ""
+            line = f"{rec['status']:<8} {rec['task']} {what}{why}{extra}"
         elif kind == "run_ended":
             line = (f"run {state.run_id} {rec['status']}: {state.count('complete')}/"
                     f"{len(state.tasks)} complete, {state.tokens} tokens, ${state.cost_usd:.4f}")
