@@ -56,6 +56,9 @@ class CommandRunner:
         except OSError as e:
             return Outcome(category="command_failed",
                            message=f"cannot start {attempt.argv[0]}: {e.strerror or e}")
+        except ValueError as e:  # e.g. a NUL byte in an argument filled in from agent data
+            return Outcome(category="command_failed",
+                           message=f"cannot start {attempt.argv[0]}: {e}")
         # Atomic and private: a resume reads it to stop this agent if the driver dies.
         write_atomic(attempt.attempt_dir / "pid", str(proc.pid).encode(), durable=False)
         tails = {"stdout": bytearray(), "stderr": bytearray()}
