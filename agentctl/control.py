@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,10 @@ def _parent(state: RunState, t: TaskState, who: str) -> list[dict[str, Any]]:
 
 
 def decide(state: RunState, req: dict[str, Any], output_schemas: dict[str, Any],
-           *, driver_alive: bool) -> tuple[list[dict[str, Any]], str]:
+           *, driver_alive: bool, gated: Collection[str] | None = None,
+           ) -> tuple[list[dict[str, Any]], str]:
     """A request -> the WAL records that carry it out, and a message for the person.
+    ``gated``: the tasks that wait for a person's approval (None: not checked).
     Raises UsageError when the request does not fit the run's state."""
     action = req.get("action")
     who = req.get("user") or user()
@@ -77,9 +80,14 @@ def decide(state: RunState, req: dict[str, Any], output_schemas: dict[str, Any],
                 f"run {state.run_id}: cancel requested by {who}")
     t = _task(state, tid)
     if action in ("approve", "reject"):
+        if gated is not None and t.id not in gated:
+            raise UsageError(f"task '{t.id}' needs no approval (it is neither "
+                             "`approval: required` nor irreversible)")
         if t.status not in ("waiting_approval", "pending"):
             raise UsageError(f"task '{t.id}' is {t.status}; only a task waiting for approval "
                              "(or not yet reached) can be approved or rejected")
+        if action == "approve" and t.approved and t.status == "pending":
+            raise UsageError(f"task '{t.id}' is approved already; it runs when its turn comes")
         if action == "approve":
             rec = {"type": "approval", "task": t.id, "decision": "approved", "by": who}
             if note:

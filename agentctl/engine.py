@@ -323,7 +323,8 @@ def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) 
         defn = load_frozen(run)
         schemas = {tid: defn.skills[s.skill].output_schema
                    for tid, s in defn.pipeline.tasks.items() if s.skill in defn.skills}
-        records, message = control.decide(state, req, schemas, driver_alive=False)
+        gated = {tid for tid in defn.pipeline.tasks if defn.needs_approval(tid)}
+        records, message = control.decide(state, req, schemas, driver_alive=False, gated=gated)
         if req.get("action") == "cancel":
             _kill_orphans(run, state)
             for t in state.tasks.values():

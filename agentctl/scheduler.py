@@ -244,13 +244,15 @@ class Scheduler:
             spec = self._spec(tid)
             if spec.skill in self.defn.skills:
                 schemas[tid] = self.defn.skills[spec.skill].output_schema
+        gated = {tid for tid in self.defn.pipeline.tasks if self.defn.needs_approval(tid)}
         answers = []
         for path, req in requests:
             if req is None:
                 answers.append((path, False, "unreadable request"))
                 continue
             try:
-                records, message = control.decide(self.state, req, schemas, driver_alive=True)
+                records, message = control.decide(self.state, req, schemas, driver_alive=True,
+                                                  gated=gated)
             except Exception as e:  # a bad request must not stop the run
                 answers.append((path, False, str(e)))
                 continue
