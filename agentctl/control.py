@@ -55,6 +55,20 @@ def _unskip(state: RunState, tid: str, who: str) -> list[dict[str, Any]]:
     return out
 
 
+def _skip_rejected(state: RunState, tid: str, why: str) -> list[dict[str, Any]]:
+    """A rejected task's dependents are skipped now, with the person's reason (neither the
+    live driver nor a later resume would say why)."""
+    graph = {t.id: t.needs for t in state.tasks.values()}
+    out = []
+    for dep in dependents(graph, tid):
+        if state.tasks[dep].status == "pending":
+            reason = (f"needs '{tid}', which was {why}" if tid in state.tasks[dep].needs
+                      else f"an upstream task ('{tid}') was {why}")
+            out.append({"type": "task_skipped", "task": dep, "category": "upstream_failed",
+                        "reason": reason})
+    return out
+
+
 def _parent(state: RunState, t: TaskState, who: str) -> list[dict[str, Any]]:
     """A fan-out instance or loop step retried or taken over: its group, if it had settled
     (failed), goes back to pending too, so the scheduler reopens it (and its dependents)."""
@@ -96,7 +110,8 @@ def decide(state: RunState, req: dict[str, Any], output_schemas: dict[str, Any],
         if not note:
             raise UsageError("reject needs --reason")
         return ([{"type": "approval", "task": t.id, "decision": "rejected", "by": who,
-                  "note": note}], f"rejected '{t.id}': {note}")
+                  "note": note}, *_skip_rejected(state, t.id, f"rejected by {who}: {note}")],
+                f"rejected '{t.id}': {note}")
     if action == "complete":
         if t.status not in TAKEOVER_FROM:
             raise UsageError(f"task '{t.id}' is {t.status}; a person can complete a pending, "
