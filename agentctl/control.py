@@ -90,6 +90,8 @@ def decide(state: RunState, req: dict[str, Any], output_schemas: dict[str, Any],
     note = req.get("note")
     tid = req.get("task")
     if action == "cancel":
+        if not driver_alive and state.status in ("complete", "cancelled"):
+            raise UsageError(f"run '{state.run_id}' is {state.status}; there is nothing to cancel")
         return ([{"type": "cancel_requested", "by": who, "reason": note or "cancelled by a person"}],
                 f"run {state.run_id}: cancel requested by {who}")
     t = _task(state, tid)
