@@ -269,11 +269,14 @@ def _regenerate_outputs(run: store.RunDir, state: RunState) -> None:
                 store.write_json_atomic(path, t.report)
 
 
-def _kill_orphans(run: store.RunDir, state: RunState) -> int:
+def _kill_orphans(run: store.RunDir, state: RunState, only: str | None = None) -> int:
     """Agents of in-flight attempts may outlive a SIGKILLed driver (they lead their own
-    process groups). Stop them, after checking /proc that the pid is still that agent."""
+    process groups). Stop them (or only task ``only``'s), after checking /proc that the pid
+    is still that agent."""
     killed = 0
     for t in state.in_flight():
+        if only is not None and t.id != only:
+            continue
         pid_file = run.attempt_dir(t.id, t.attempt) / "pid"
         try:
             pid = int(pid_file.read_text().strip())
@@ -325,6 +328,16 @@ def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) 
                    for tid, s in defn.pipeline.tasks.items() if s.skill in defn.skills}
         gated = {tid for tid in defn.pipeline.tasks if defn.needs_approval(tid)}
         records, message = control.decide(state, req, schemas, driver_alive=False, gated=gated)
+        in_flight = {t.id: t for t in state.in_flight()}
+        taken = in_flight.get(req.get("task") or "")
+        if req.get("action") in ("complete", "retry") and taken is not None:
+            # Its agent may outlive the crashed driver: stop it before a person's report
+            # stands or a new attempt starts, and close its attempt in the log.
+            _kill_orphans(run, state, only=taken.id)
+            records.insert(0, {"type": "attempt_ended", "task": taken.id, "attempt": taken.attempt,
+                               "outcome": "abandoned", "category": "crashed",
+                               "message": "the driver stopped during this attempt",
+                               "retry": True, "counts": False})
         if req.get("action") == "cancel":
             _kill_orphans(run, state)
             for t in state.tasks.values():
