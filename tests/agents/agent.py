@@ -20,8 +20,8 @@ A behaviour (every key optional)::
     leave_child: true        start a child that holds stdout and stderr open, and exit
                              without waiting for it (a daemon left behind)
 
-Every execution first appends one JSON line to ``exec_log`` (O_APPEND, one write): task,
-attempt, pid, time, key, tag and the first line of $AGENTCTL_PROMPT. The side effect is
+Every execution first appends one JSON line to ``exec_log`` (O_APPEND, one write): run,
+task, attempt, pid, time, key, tag and the first line of $AGENTCTL_PROMPT. The side effect is
 the file ``effects_dir/<task>__<key>``, created with O_CREAT|O_EXCL, as an idempotent API
 would: a second request with the same key changes nothing. The report is written to a
 scratch file and renamed onto $AGENTCTL_OUTPUT, so it is never torn.
@@ -96,7 +96,8 @@ def main() -> int:
     if os.environ.get("AGENTCTL_PROMPT"):
         with open(os.environ["AGENTCTL_PROMPT"]) as f:
             prompt_head = f.readline().strip()
-    append_line(cfg["exec_log"], {"task": task, "attempt": attempt, "pid": os.getpid(),
+    append_line(cfg["exec_log"], {"run": os.environ["AGENTCTL_RUN_ID"], "task": task,
+                                  "attempt": attempt, "pid": os.getpid(),
                                   "time": time.time(), "key": key, "tag": tag,
                                   "prompt": prompt_head})
 
