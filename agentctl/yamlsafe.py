@@ -77,6 +77,9 @@ class _NoAliasLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+_CLoader: Any = getattr(yaml, "CSafeLoader", None) if yaml.__with_libyaml__ else None
+
+
 def _mark(mark: Any) -> tuple[int | None, int | None]:
     return (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
 
@@ -132,6 +135,54 @@ def load(text: str | bytes) -> Located:
             raise YamlError(f"file is not valid UTF-8 (byte {e.start})", line, 1) from None
     if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
         raise YamlError(f"file is larger than {MAX_BYTES // 1024} KiB; refusing to parse it", 1, 1)
+    if _CLoader is not None:
+        fast = _load_fast(text)
+        if fast is not None:
+            return fast
+    return _load_python(text)
+
+
+def _load_fast(text: str) -> Located | None:
+    """libyaml, when PyYAML has it: about five times faster on a large file.
+
+    A first pass over the events refuses anchors, aliases and deep nesting before anything is
+    composed (libyaml's composer recurses in C, where no recursion limit applies). On any
+    other problem this returns None, and the pure-Python loader reads the file again, so that
+    an error says the same thing, at the same place, with or without libyaml.
+    """
+    assert _CLoader is not None
+    try:
+        loader = _CLoader(text)
+        try:
+            depth = 0
+            while loader.check_event():
+                event = loader.get_event()
+                if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                    return None  # the Python loader words the refusal
+                if isinstance(event, yaml.CollectionStartEvent):
+                    depth += 1
+                    if depth > MAX_DEPTH:
+                        return None
+                elif isinstance(event, yaml.CollectionEndEvent):
+                    depth -= 1
+        finally:
+            loader.dispose()
+        loader = _CLoader(text)
+        try:
+            out = Located(data=None)
+            node = loader.get_single_node()
+            if node is not None:
+                out.data = _build(node, (), out, loader)
+            return out
+        finally:
+            loader.dispose()
+    except YamlError:
+        raise
+    except (yaml.YAMLError, UnicodeError, RecursionError):
+        return None
+
+
+def _load_python(text: str) -> Located:
     try:
         loader = _NoAliasLoader(text)
     except yaml.reader.ReaderError as e:
@@ -145,9 +196,14 @@ def load(text: str | bytes) -> Located:
         return out
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        msg = e.problem or e.context or "invalid YAML"
         if e.problem and e.context:
-            msg += f" ({e.context})"
+            # "expected X (while parsing Y)"; "expected a single document but found another"
+            if e.context.startswith("while"):
+                msg = f"{e.problem} ({e.context})"
+            else:
+                msg = f"{e.context} {e.problem}"
+        else:
+            msg = e.problem or e.context or "invalid YAML"
         if mark is not None:
             raise YamlError(f"invalid YAML: {msg}", mark.line + 1, mark.column + 1) from None
         raise YamlError(f"invalid YAML: {msg}") from None
