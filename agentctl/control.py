@@ -142,14 +142,20 @@ def decide(state: RunState, req: dict[str, Any], output_schemas: dict[str, Any],
 # --------------------------------------------------------------------------- the wire
 
 
-def submit(run: store.RunDir, req: dict[str, Any], *, wait_s: float = 10.0) -> dict[str, Any] | None:
-    """Drop a request for the live driver and wait for its answer (None: no answer)."""
+def submit(run: store.RunDir, req: dict[str, Any], *, wait_s: float = 10.0,
+           lock: store.RunLock | None = None) -> dict[str, Any] | None:
+    """Drop a request for the live driver and wait for its answer (None: no answer).
+
+    With ``lock``, also watch for the driver ending (a pause, the run's end, a crash) without
+    having read the request: then it is withdrawn and ``{"withdrawn": True}`` is returned
+    with ``lock`` held, for the caller to carry the request out itself."""
     store.makedirs(run.control)
     name = f"{time.time_ns():020d}-{secrets.token_hex(3)}.json"
     path = run.control / name
     store.write_json_atomic(path, req)
     done = run.control / (name + ".done")
     deadline = time.monotonic() + wait_s
+    next_try = time.monotonic() + 0.25
     while time.monotonic() < deadline:
         if done.exists():
             try:
@@ -159,6 +165,20 @@ def submit(run: store.RunDir, req: dict[str, Any], *, wait_s: float = 10.0) -> d
                 continue
             done.unlink(missing_ok=True)
             return answer
+        if lock is not None and time.monotonic() >= next_try:
+            next_try = time.monotonic() + 0.25
+            try:
+                lock.acquire()
+            except LockHeld:
+                pass
+            else:
+                # A driver answers before it lets go of the lock: no answer yet means that
+                # no driver read the request, and none can now.
+                if not done.exists():
+                    withdraw(path)
+                    return {"withdrawn": True}
+                lock.release()
+                continue
         time.sleep(0.05)
     return None
 

@@ -308,14 +308,16 @@ def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) 
     try:
         lock.acquire()
     except LockHeld:
-        answer = control.submit(run, req)
+        answer = control.submit(run, req, lock=lock)
         if answer is None:
             raise StateError(f"the driver of run '{run.run_id}' did not answer within 10s; "
                              "the request stays queued in control/ and is applied when it "
                              "next reads it (or by `agentctl resume`)") from None
-        if not answer.get("ok"):
-            raise UsageError(str(answer.get("message")))
-        return str(answer.get("message"))
+        if not answer.get("withdrawn"):
+            if not answer.get("ok"):
+                raise UsageError(str(answer.get("message")))
+            return str(answer.get("message"))
+        # The driver ended without reading the request; we hold the lock: carry it out here.
     try:
         scan = store.scan_wal(run.wal)
         if scan.torn_bytes:
