@@ -105,7 +105,11 @@ class StepSpec(_Strict):
                 raise ValueError("command must not be empty")
             out = []
             for a in v:
-                if isinstance(a, bool) or a is None or isinstance(a, dict | list):
+                if isinstance(a, bool) or a is None:
+                    word = {True: "true", False: "false", None: "null"}[a]
+                    raise ValueError(f"command arguments must be strings; YAML read {word} as "
+                                     f"{a!r}: quote it, e.g. \"{word}\"")
+                if isinstance(a, dict | list):
                     raise ValueError(f"command arguments must be strings, not {a!r}")
                 out.append(str(a))
             return out
