@@ -17,7 +17,7 @@ from agentctl.definitions import Definition, find_skill_file, find_skills_dir, l
 from agentctl.errors import DefinitionError, Diagnostic, StateError, UsageError
 from agentctl.planning import wave_of
 from agentctl.runners.base import Registry
-from agentctl.scheduler import Options, Reporter, Scheduler
+from agentctl.scheduler import Options, Reporter, Scheduler, needs_approval
 from agentctl.state import RunState, replay
 
 FROZEN_PIPELINE = "pipeline.yaml"
@@ -328,7 +328,7 @@ def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) 
         defn = load_frozen(run)
         schemas = {tid: defn.skills[s.skill].output_schema
                    for tid, s in defn.pipeline.tasks.items() if s.skill in defn.skills}
-        gated = {tid for tid in defn.pipeline.tasks if defn.needs_approval(tid)}
+        gated = {t.id for t in state.tasks.values() if needs_approval(defn, t)}
         records, message = control.decide(state, req, schemas, driver_alive=False, gated=gated)
         in_flight = {t.id: t for t in state.in_flight()}
         taken = in_flight.get(req.get("task") or "")

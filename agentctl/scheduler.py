@@ -83,6 +83,15 @@ class _Pending:
     not_before: dict[str, float] = field(default_factory=dict)
 
 
+def needs_approval(defn: Definition, t: TaskState) -> bool:
+    """A task with `approval: required` or irreversible effects waits for a person. A loop
+    never asks for itself (its runner is "loop"): an irreversible maker or checker asks,
+    every iteration. A fan-out asks once, for the group, not per instance."""
+    if t.parent is None:
+        return t.id in defn.pipeline.tasks and defn.needs_approval(t.id)
+    return t.role in ("maker", "checker") and t.effects == Effects.IRREVERSIBLE.value
+
+
 def idempotency_key(run_id: str, task_id: str) -> str:
     """The same for every attempt of a task, so a re-run after a crash can be deduplicated."""
     return "agentctl-" + hashlib.sha256(f"{run_id}\x00{task_id}".encode()).hexdigest()[:32]
@@ -244,7 +253,7 @@ class Scheduler:
             spec = self._spec(tid)
             if spec.skill in self.defn.skills:
                 schemas[tid] = self.defn.skills[spec.skill].output_schema
-        gated = {tid for tid in self.defn.pipeline.tasks if self.defn.needs_approval(tid)}
+        gated = {t.id for t in self.state.tasks.values() if needs_approval(self.defn, t)}
         answers = []
         for path, req in requests:
             if req is None:
@@ -306,12 +315,7 @@ class Scheduler:
                 top = self._top(t.id)
                 if top is not None and top.when and self._condition(t, top):
                     continue  # skipped by its condition (or the condition failed)
-                # A loop never asks for itself (its runner is "loop"): an irreversible maker
-                # or checker asks, every iteration. A fan-out asks once, for the group.
-                if not t.approved and (
-                        (top is not None and self.defn.needs_approval(t.id))
-                        or (t.role in ("maker", "checker")
-                            and t.effects == Effects.IRREVERSIBLE.value)):
+                if not t.approved and needs_approval(self.defn, t):
                     # A person decides; other branches go on meanwhile.
                     self.emit({"type": "task_waiting_approval", "task": t.id})
                     continue
