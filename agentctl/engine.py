@@ -326,8 +326,13 @@ def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) 
                 os.fsync(f.fileno())
         state = replay(scan.records)
         defn = load_frozen(run)
-        schemas = {tid: defn.skills[s.skill].output_schema
-                   for tid, s in defn.pipeline.tasks.items() if s.skill in defn.skills}
+        schemas = {}  # a person's report is validated like the agent's: instances too
+        for t in state.tasks.values():
+            owner = t.parent or t.id
+            if owner in defn.pipeline.tasks:
+                step = defn.step(owner, t.role if t.role in ("maker", "checker") else None)
+                if step.skill in defn.skills:
+                    schemas[t.id] = defn.skills[step.skill].output_schema
         gated = {t.id for t in state.tasks.values() if needs_approval(defn, t)}
         records, message = control.decide(state, req, schemas, driver_alive=False, gated=gated)
         in_flight = {t.id: t for t in state.in_flight()}
