@@ -199,6 +199,12 @@ class Scheduler:
                 for tid in starts:
                     self._launch(tid, now)
                 if not self._running:
+                    # A group can be ready to settle with nothing running: reopened after a
+                    # person completed its last failed instance, for instance.
+                    self._advance_groups()
+                    if self._batch:
+                        self.commit()
+                        continue
                     if all(t.settled or t.status in PARKED for t in self.state.tasks.values()):
                         break
                     for tid in [k for k in self._backoff
