@@ -67,7 +67,8 @@ def test_definitions_changed_between_crash_and_resume(project: Project) -> None:
     assert "v2" in pipeline.read_text()  # the user's file is left as they wrote it
 
 
-def test_ctrl_c_stops_cleanly_and_resume_continues(project: Project) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_cleanly_and_resume_continues(project: Project, sig: int) -> None:
     gate = project.root / "gate"
     for t in ("c", "d"):
         project.behave(t, gate=str(gate), effect=True, effect_first=True)
@@ -80,7 +81,7 @@ def test_ctrl_c_stops_cleanly_and_resume_continues(project: Project) -> None:
     driver = project.spawn("run", "p.yaml", "--run-id", "r1")
     wait_for(lambda: project.running("r1", "c") and project.running("r1", "d"), "c and d")
     agents = [e["pid"] for e in project.executions() if e["task"] in ("c", "d")]
-    os.kill(driver.pid, signal.SIGINT)
+    os.kill(driver.pid, sig)  # Ctrl-C (or a polite kill)
     assert driver.wait() == 130, driver.describe()
     assert "agentctl resume r1" in driver.stderr
     assert "Traceback" not in driver.stderr
