@@ -20,7 +20,8 @@ import jsonschema
 import pytest
 from llmkit import EXPLORER_BODY, FINDINGS_SCHEMA, LLMProject
 
-from agentctl import offline
+from agentctl import offline, prompts
+from agentctl.definitions import load_pipeline
 from agentctl.runners.llm import ModelError, parse_model
 
 REPO = Path(__file__).parent.parent
@@ -111,6 +112,9 @@ def test_offline_run_end_to_end(proj: LLMProject) -> None:
     assert proj.output(rid, "a")["summary"] in user["content"]
     assert "unrelated" not in user["content"] and '"goal": "g"' in user["content"]
     assert '"findings"' in user["content"]  # the report contract, with the output schema in it
+    packet = json.loads((proj.run_dir(rid).task_dir("b") / "input.json").read_text())
+    skill = load_pipeline(p).skills["explorer"]
+    assert user["content"] == prompts.user_message(packet, skill)
     assert ex["outcome"] == "report" and ex["paid_calls"] == 1
     [call] = ex["calls"]
     assert call["params"] == {"model": "offline/echo", "response_format": {"type": "json_object"}}

@@ -65,7 +65,7 @@ from agentctl.errors import DefinitionError, Diagnostic, RunnerError
 from agentctl.models import parse_duration
 from agentctl.reports import validate_report
 from agentctl.runners.base import Attempt, Outcome
-from agentctl.store import write_json_atomic
+from agentctl.store import write_atomic
 
 T = TypeVar("T")
 
@@ -327,7 +327,7 @@ class _Conversation:
         skill = attempt.skill
         self.messages: list[dict[str, Any]] = [
             {"role": "system", "content": skill.body.strip() if skill else GENERIC_SYSTEM},
-            {"role": "user", "content": prompts.user_message(attempt.packet, skill)},
+            {"role": "user", "content": _user_message(attempt)},
         ]
         self.output_schema = skill.output_schema if skill else None
         self.pause = float(os.environ.get(PAUSE_ENV) or 0)
@@ -432,11 +432,7 @@ class _Conversation:
         prompt_t = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_t = int(getattr(usage, "completion_tokens", 0) or 0)
         tokens = int(getattr(usage, "total_tokens", 0) or (prompt_t + completion_t))
-        try:
-            cost = round(float(litellm.completion_cost(completion_response=resp)), 12)
-            cost_known = True
-        except Exception:  # a model litellm has no price for
-            cost, cost_known = 0.0, False
+        cost, cost_known = _cost(litellm, resp)
         response = {"content": content, "model": getattr(resp, "model", None),
                     "finish_reason": resp.choices[0].finish_reason if resp.choices else None,
                     "usage": {"prompt_tokens": prompt_t, "completion_tokens": completion_t,
@@ -529,11 +525,11 @@ class _Conversation:
         if error is not None:
             entry["backoff_s"] = None if backoff is None else round(backoff, 4)
         self.entries.append(entry)
-        self.save()  # after every call: a hung or killed attempt still shows what it sent
 
     def save(self) -> None:
         """``exchange.json`` in the attempt's directory: the whole conversation and every
-        request made for it. For people: the WAL holds what recovery needs."""
+        request made for it. Written when the attempt ends, however it ends (a timeout
+        cancels it: still written); for people -- the WAL holds what recovery needs."""
         data = {
             "task": self.a.task_id, "attempt": self.a.attempt, "models": self.a.models,
             "outcome": self.ending, "answered_by": self.answered_by, "turns": self.turns,
@@ -541,8 +537,11 @@ class _Conversation:
             "cost_usd": self.cost, "problems": self.problems, "messages": self.messages,
             "calls": self.entries,
         }
+        # One line of JSON: the C encoder is many times faster than indent=2's pure Python
+        # one, and this is written for every attempt (`jq . exchange.json` to read it).
+        text = json.dumps(redact.default().obj(data), ensure_ascii=False) + "\n"
         with contextlib.suppress(OSError):
-            write_json_atomic(Path(self.a.attempt_dir) / "exchange.json", redact.default().obj(data))
+            write_atomic(Path(self.a.attempt_dir) / "exchange.json", text.encode(), durable=False)
 
     def details(self) -> dict[str, Any]:
         return {"model": self.answered_by, "turns": self.turns, "calls": self.paid,
@@ -550,6 +549,29 @@ class _Conversation:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _cost(litellm: Any, resp: Any) -> tuple[float, bool]:
+    """USD of one response, by litellm's ``completion_cost``: litellm already ran it for its
+    own logging (``response_cost`` in the hidden params); ask again only when it is absent."""
+    hidden = getattr(resp, "_hidden_params", None) or {}
+    cost = hidden.get("response_cost")
+    if not isinstance(cost, int | float):
+        try:
+            cost = litellm.completion_cost(completion_response=resp)
+        except Exception:  # a model litellm has no price for
+            return 0.0, False
+    return round(float(cost), 12), True
+
+
+def _user_message(attempt: Attempt) -> str:
+    """The user message: the scheduler already rendered it into ``attempt.prompt`` (skill
+    body, a rule, then this); take it from there when it is that, else render it."""
+    skill = attempt.skill
+    prefix = skill.body.strip() + "\n\n---\n\n" if skill else ""
+    if attempt.prompt is not None and attempt.prompt.startswith(prefix):
+        return attempt.prompt[len(prefix):]
+    return prompts.user_message(attempt.packet, skill)
 
 
 def _parse_reply(text: str) -> tuple[Any, list[str]]:
