@@ -116,6 +116,7 @@ class Scheduler:
         self._backoff: dict[str, float] = {}
         self._interrupt: str | None = None
         self._budget_stop: str | None = None
+        self._group: asyncio.Future[None] | None = None  # a pending group commit
         self._last_control = -1.0
         self._last_snapshot = 0.0
         self._last_beat = 0.0
@@ -727,12 +728,32 @@ class Scheduler:
         async def record(call: dict[str, Any]) -> None:
             # Durable before the response is used: a resume reuses it instead of paying again.
             self.emit({"type": "llm_call", "task": tid, "attempt": n, **call})
-            self.commit()
+            await self._group_commit()
             over = self._over_budget()
             if over and not self._budget_stop:
                 self._budget_stop = over  # stop dispatching; running tasks may end
 
         return record
+
+    async def _group_commit(self) -> None:
+        """Commit what running attempts staged. Callers that arrive while a commit is pending
+        share its fsync (group commit); each returns only once its record is durable."""
+        pending = self._group
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        pending = self._group = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.sleep(0)  # let the other attempts that are ready stage theirs
+        finally:
+            self._group = None  # a record staged from now on needs a commit of its own
+            try:
+                self.commit()
+            except BaseException as e:
+                pending.set_exception(e)
+                pending.exception()  # retrieved: the callers that wait get it too
+                raise
+            pending.set_result(None)
 
     async def _execute(self, runner_name: str, ctx: Attempt) -> Outcome:
         try:
