@@ -348,7 +348,7 @@ def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) 
         if req.get("action") == "cancel":
             _kill_orphans(run, state)
             for t in state.tasks.values():
-                if t.status == "running":
+                if t.status == "running" and t.group is None:  # a group has no attempt
                     records.append({"type": "attempt_ended", "task": t.id, "attempt": t.attempt,
                                     "outcome": "abandoned", "category": "cancelled",
                                     "message": "the run was cancelled", "retry": True,
