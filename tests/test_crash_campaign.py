@@ -67,10 +67,13 @@ class Figures:
     resumes: int = 0
     runs: int = 0
     finished_unkilled: int = 0  # drivers that exited before their kill moment
+    retried: int = 0  # attempts that failed and were retried by the task's policy
+    abandoned: int = 0  # attempts in flight at a kill, ended by the next driver
 
 
 def build_pipeline(project: Project, rng: random.Random) -> dict[str, str]:
-    """WAVES waves of WIDTH tasks; each needs 1-3 of the wave before. Returns effects."""
+    """WAVES waves of WIDTH tasks; each needs 1-3 of the wave before; about one in seven
+    fails its first attempt (retried by its policy). Returns each task's effects."""
     tasks: dict[str, dict[str, Any]] = {}
     effects: dict[str, str] = {}
     for w in range(WAVES):
@@ -84,7 +87,8 @@ def build_pipeline(project: Project, rng: random.Random) -> dict[str, str]:
             tasks[tid] = spec
             # The side effect comes first, then the sleep: a kill in the sleep leaves an
             # effect done and no report, and the re-run must not do it twice.
-            project.behave(tid, effect=effects[tid] == "mutating", effect_first=True)
+            project.behave(tid, effect=effects[tid] == "mutating", effect_first=True,
+                           fail_attempts=[1] if rng.random() < 0.15 else [])
     project.config["default"] = {"sleep": [0.02, 0.2]}
     project.pipeline(tasks, name="campaign", limits={"concurrency": 4},
                      defaults={"timeout": "60s", "retries": 2, "backoff": "100ms"})
@@ -190,9 +194,13 @@ def campaign_run(project: Project, run_id: str, rng: random.Random, figures: Fig
         args = ("resume", run_id)
 
 
-def check_run(project: Project, run_id: str, effects: dict[str, str], kills: list[Kill]) -> None:
+def check_run(project: Project, run_id: str, effects: dict[str, str], kills: list[Kill],
+              figures: Figures) -> None:
     run = project.run_dir(run_id)
     records = store.scan_wal(run.wal).records
+    ends = Counter(r["outcome"] for r in records if r["type"] == "attempt_ended")
+    figures.retried += ends["failed"]
+    figures.abandoned += ends["abandoned"]
     state = replay(records)
     assert records[-1]["type"] == "run_ended" and records[-1]["status"] == "complete"
     assert {t.id: t.status for t in state.tasks.values()} == dict.fromkeys(effects, "complete")
@@ -239,7 +247,8 @@ def test_crash_campaign(project: Project) -> None:
         project.write_config()
         campaign_run(project, run_id, rng, figures)
         figures.runs += 1
-        check_run(project, run_id, effects, [k for k in figures.kills if k.run_id == run_id])
+        check_run(project, run_id, effects, [k for k in figures.kills if k.run_id == run_id],
+                  figures)
     # Nothing of the campaign is left running (a last orphan may be finishing its sleep).
     wait_for(lambda: not project.our_processes(), "every agent to be gone", timeout=30)
 
@@ -249,5 +258,6 @@ def test_crash_campaign(project: Project) -> None:
           f"process group, {kinds['all']} driver and agents; "
           f"{sum(k.early for k in figures.kills)} in the first half second), "
           f"{figures.resumes} resumes, {figures.finished_unkilled} drivers finished before "
-          f"their kill, {len(project.executions())} agent executions, "
+          f"their kill, {len(project.executions())} agent executions ({figures.abandoned} "
+          f"abandoned at a kill, {figures.retried} failed and retried), "
           f"{time.monotonic() - began:.1f}s")

@@ -14,6 +14,7 @@ A behaviour (every key optional)::
                              (after the gate, or before it with effect_first: true)
     gate: path               wait (touching $AGENTCTL_HEARTBEAT) until that file exists
     fail_unless: path        exit 3 unless that file exists
+    fail_attempts: [1, ...]  exit 3 on these attempts (a retryable failure)
     hang_attempts: [1, ...]  on these attempts: spawn a child, beat 3 times, then hang
     child_ignores_term: true the hanging child ignores SIGTERM (only SIGKILL stops it)
     pids_file: path          where the hanging agent appends "agent PID" and "child PID"
@@ -105,6 +106,9 @@ def main() -> int:
         hang(b)
     if b.get("leave_child"):
         spawn_child(b)
+    if attempt in b.get("fail_attempts", []):
+        print(f"{task}: failing attempt {attempt} on purpose", file=sys.stderr)
+        return 3
     if b.get("fail_unless") and not os.path.exists(b["fail_unless"]):
         print(f"{task}: {b['fail_unless']} is missing", file=sys.stderr)
         return 3
