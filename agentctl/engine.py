@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import os
 import shutil
@@ -357,6 +358,9 @@ def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) 
                     records.append({"type": "task_cancelled", "task": t.id,
                                     "reason": "the run was cancelled"})
             records.append({"type": "run_ended", "status": "cancelled", "reason": "cancelled by a person"})
+        # Every command replays the log: try our records on a copy before they are durable,
+        # so that a bug here fails this command only, not every later one.
+        replay([*scan.records, *copy.deepcopy(records)])
         journal = store.Journal(run, next_seq=state.seq + 1)
         try:
             journal.append(records)
