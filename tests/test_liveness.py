@@ -8,6 +8,7 @@ import signal
 import time
 from typing import Any
 
+import pytest
 from harness import Project, gone, wait_for
 
 
@@ -42,13 +43,17 @@ def test_a_hung_agent_goes_stale_its_group_is_stopped_and_it_is_retried(project:
     assert rows["after"]["status"] == "complete"
 
 
-def test_a_beating_agent_is_not_stale_however_long_it_runs(project: Project) -> None:
+@pytest.mark.parametrize("how", ["touch", "output"])
+def test_a_beating_agent_is_not_stale_however_long_it_runs(project: Project, how: str) -> None:
     gate = project.root / "gate"
-    project.behave("busy", gate=str(gate))  # touches $AGENTCTL_HEARTBEAT every 20 ms
+    if how == "touch":
+        project.behave("busy", gate=str(gate))  # touches $AGENTCTL_HEARTBEAT every 20 ms
+    else:
+        project.behave("busy", chatter=2.0)  # prints a line every 50 ms, never touches it
     project.pipeline({"busy": {"heartbeat": "200ms", "retries": 1, "effects": "read-only"}})
     driver = project.spawn("run", "p.yaml", "--run-id", "r1")
     wait_for(lambda: project.running("r1", "busy"), "'busy' to start")
-    time.sleep(1.5)  # more than 3 intervals of 200 ms: only the beats keep it alive
+    time.sleep(1.2)  # more than 3 intervals of 200 ms: only the beats keep it alive
     data = project.status("r1")
     assert data["status"] == "running" and data["driver"]["alive"] is True
     assert data["tasks"][0]["status"] == "running"

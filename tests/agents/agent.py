@@ -15,6 +15,7 @@ A behaviour (every key optional)::
     gate: path               wait (touching $AGENTCTL_HEARTBEAT) until that file exists
     fail_unless: path        exit 3 unless that file exists
     fail_attempts: [1, ...]  exit 3 on these attempts (a retryable failure)
+    chatter: seconds         print a line every 50 ms for that long (and never touch the beat)
     hang_attempts: [1, ...]  on these attempts: spawn a child, beat 3 times, then hang
     child_ignores_term: true the hanging child ignores SIGTERM (only SIGKILL stops it)
     pids_file: path          where the hanging agent appends "agent PID" and "child PID"
@@ -112,6 +113,11 @@ def main() -> int:
     if b.get("fail_unless") and not os.path.exists(b["fail_unless"]):
         print(f"{task}: {b['fail_unless']} is missing", file=sys.stderr)
         return 3
+    if b.get("chatter"):
+        until = time.monotonic() + b["chatter"]
+        while time.monotonic() < until:
+            print("working", flush=True)
+            time.sleep(0.05)
     if b.get("effect") and b.get("effect_first"):
         effect(cfg, task, key)
     if b.get("gate"):
