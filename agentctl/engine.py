@@ -304,6 +304,8 @@ def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) 
     from agentctl import control  # noqa: PLC0415
     from agentctl.errors import LockHeld  # noqa: PLC0415
 
+    # The person is whoever runs this command, not whoever runs the driver that logs it.
+    req = {**req, "user": req.get("user") or control.user()}
     run = state_dir.run(run_id) if run_id else state_dir.newest()
     lock = store.RunLock(run)
     try:
