@@ -20,7 +20,9 @@ from fakeopenai import FakeOpenAI, Reply
 from harness import Project, check_run_files, wait_for
 from llmkit import LLMProject
 
+from agentctl import engine, store
 from agentctl.runners import llm
+from agentctl.runners.base import Registry
 
 KEY = "sk-test-http-0123456789abcdefghij"
 
@@ -157,3 +159,22 @@ def test_a_response_is_reused_after_a_sigkill_between_response_and_commit(
     assert reused["cached"] is True and reused["request_hash"] == calls[0]["request_hash"]
     assert state.tokens == calls[0]["tokens"]  # counted once
     check_run_files(project.run_dir("r1"))
+
+
+
+def test_a_key_missing_at_run_time_fails_at_once_naming_it(
+        proj: LLMProject, server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Preflight refuses such a run. Past it -- a resume in a shell without the key -- the
+    attempt fails at once, naming the variable, where litellm would report a 500 and invite
+    retries; nothing is sent."""
+    p = proj.pipeline({"a": {"model": model(server), "retries": 3}})
+    monkeypatch.delenv("OPENAI_API_KEY")
+    r = proj.cli("run", str(p))
+    assert r.code == 2 and "tasks.a: model 'openai/gpt-4o-mini' needs OPENAI_API_KEY" in r.stderr
+    out = engine.start(p, store.StateDir(proj.state), inputs={}, run_id="nokey", model=None,
+                       concurrency=None, registry=Registry(), reporter=None, preflight=None)
+    assert out.status == "failed"
+    err = proj.rows("nokey")["a"]["error"]
+    assert err == {"category": "provider_error", "message":
+                   "model 'openai/gpt-4o-mini' needs OPENAI_API_KEY, which is not set in the environment"}
+    assert proj.rows("nokey")["a"]["attempts"] == 1 and server.requests == []

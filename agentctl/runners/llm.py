@@ -76,7 +76,7 @@ LITELLM_ENV = {
 }
 PAUSE_ENV = "AGENTCTL_TEST_PAUSE_AFTER_CALL"
 BACKOFF_CAP_S = 30.0
-BEAT_EVERY_S = 1.0
+BEAT_EVERY_S = 0.25  # while waiting on a model: well inside any sane heartbeat interval
 GENERIC_SYSTEM = ("You are one agent in a pipeline. Do the task described by your inputs, "
                   "and answer with the report asked for.")
 
@@ -376,6 +376,10 @@ class _Conversation:
                 request["response_format"] = fmt
             key = request_hash(request)
             cached = self.a.cached_calls.get(key)
+            if cached is None and not spec.offline:
+                problem = _environment_problem(self.litellm, spec)  # ~30 us
+                if problem:  # e.g. a resume in a shell without the key: litellm would say 500
+                    raise RunnerError("provider_error", problem)
             if cached is not None:
                 self.reused += 1
                 self._log_call(request, key, turn, spec, 0, response=cached, cached=True)
