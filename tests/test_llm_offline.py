@@ -248,6 +248,15 @@ def test_a_valid_reply_that_crosses_the_budget_is_kept(proj: LLMProject) -> None
     assert proj.rows(rid)["a"]["tokens"] > 50
 
 
+def test_a_blocked_report_blocks_the_task(proj: LLMProject) -> None:
+    p = proj.pipeline({"a": {"model": "offline/x?status=blocked"}, "b": {"needs": "a"}})
+    r, rid = proj.run(p)
+    assert r.code == 1
+    rows = proj.rows(rid)
+    assert rows["a"]["status"] == "blocked" and rows["a"]["error"]["category"] == "blocked"
+    assert rows["b"]["status"] == "skipped"
+
+
 # --------------------------------------------------------------------------- preflight
 
 

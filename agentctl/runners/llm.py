@@ -110,7 +110,9 @@ def start_import() -> None:
     if _litellm is not None:
         return
     _set_env()  # before the thread starts: os.environ is not for threads to race on
-    threading.Thread(target=load, name="agentctl-import-litellm", daemon=True).start()
+    # Not a daemon: a run that ends before the import does (its llm tasks all skipped) waits
+    # for it at exit, rather than leave a thread mid-import to interpreter shutdown.
+    threading.Thread(target=load, name="agentctl-import-litellm", daemon=False).start()
 
 
 async def aclose() -> None:
@@ -261,7 +263,7 @@ def preflight(defn: Any, model_override: str | None = None) -> None:
              for tid, ps in problems.items() for p in ps]
     if diags:
         raise DefinitionError(diags)
-    start_import()  # not before: a daemon thread mid-import must not outlive an exit on error
+    start_import()  # only now: a refused run exits at once, without waiting for an import
 
 
 def _environment_problem(litellm: Any, spec: ModelSpec) -> str | None:
