@@ -44,7 +44,9 @@ StateDirOpt = Annotated[
 
 
 def _err(message: str) -> None:
-    sys.stderr.write(message.rstrip("\n") + "\n")
+    from agentctl import redact  # light; every message to the user passes the secrets net
+
+    sys.stderr.write(redact.default().text(message.rstrip("\n")) + "\n")
 
 
 def _fail(e: AgentctlError) -> NoReturn:

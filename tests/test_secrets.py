@@ -64,6 +64,10 @@ def test_planted_secrets_appear_nowhere(project: Project, server: FakeOpenAI, tm
         texts[str(path)] = path.read_bytes()
     for path in project.logs.iterdir():  # the drivers' stdout and stderr
         texts[str(path)] = path.read_bytes()
+    # A message that quotes what the user typed goes through the same net.
+    typo = project.cli("status", KEY)
+    assert typo.returncode == 3 and "no run '[REDACTED]'" in typo.stderr
+    texts["status KEY"] = (typo.stdout + typo.stderr).encode()
     for rid in ("ok", "bad"):
         texts[f"status {rid}"] = json.dumps(project.status(rid)).encode()
         texts[f"status table {rid}"] = project.cli("status", rid).stdout.encode()
