@@ -327,6 +327,17 @@ def load_pipeline(path: str | Path, *, skills_dir: Path | None = None) -> Defini
                                          or len(expr.template_exprs(spec.foreach)) != 1):
             c.error((*loc, "foreach"), f"tasks.{tid}.foreach: must be one ${{{{ }}}} expression "
                     "naming a list, e.g. ${{ tasks.plan.output.subtasks }}")
+        # A condition with text around its ${{ }} (or two of them) would render to a string,
+        # and any non-empty string is true: the task would always run.
+        conds = [((*loc, "when"), spec.when)]
+        if spec.loop is not None:
+            conds.append(((*loc, "loop", "until"), spec.loop.until))
+        for cloc, cond in conds:
+            if cond is not None and "${{" in cond and (
+                    not expr.TEMPLATE.fullmatch(cond.strip()) or len(expr.template_exprs(cond)) != 1):
+                c.error(cloc, f"{_dotted(cloc)}: must be one condition, with or without one "
+                        "${{ }} around all of it, e.g. inputs.mode == 'full' && "
+                        "tasks.plan.status == 'COMPLETE'")
         if spec.key is not None and not spec.foreach:
             c.error((*loc, "key"), f"tasks.{tid}.key: names fan-out instances; it needs 'foreach'")
         tasks[tid] = spec
