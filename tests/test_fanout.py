@@ -479,6 +479,15 @@ tasks:
       maker: {command: [echo, make]}
       checker: {command: [echo, "${{ loop.maker.output }}"]}
       until: loop.iteration > 2
+  half:
+    needs: plan
+    when: ${{ tasks.plan.status }} == 'COMPLETE'
+    command: [echo, hi]
+  twice:
+    loop:
+      maker: {command: [echo, make]}
+      checker: {command: [echo, check]}
+      until: ${{ iteration > 1 }} && ${{ iteration > 2 }}
 """)
     expected = [
         "p.yaml:7:21: error: tasks.stray.command[1]: unknown name 'item' in expression "
@@ -496,6 +505,11 @@ tasks:
         "(use checker, iteration, maker, inputs.<name> or tasks.<id>.output)",
         "p.yaml:35:14: error: tasks.again.loop.until: unknown name 'loop' in expression "
         "(use checker, iteration, maker, inputs.<name> or tasks.<id>.output)",
+        # Text around a condition's ${{ }} would make it a string, always true: refused.
+        "p.yaml:38:11: error: tasks.half.when: must be one condition, with or without one "
+        "${{ }} around all of it, e.g. inputs.mode == 'full' && tasks.plan.status == 'COMPLETE'",
+        "p.yaml:44:14: error: tasks.twice.loop.until: must be one condition, with or without one "
+        "${{ }} around all of it, e.g. inputs.mode == 'full' && tasks.plan.status == 'COMPLETE'",
     ]
     assert errors == expected
 
