@@ -23,6 +23,7 @@ from agentctl.models import (
     Skill,
     StepSpec,
     TaskSpec,
+    report_schema,
 )
 from agentctl.planning import find_cycles
 from agentctl.skills import SkillRefused, load_output_schema, load_skill
@@ -366,6 +367,9 @@ def load_pipeline(path: str | Path, *, skills_dir: Path | None = None) -> Defini
     ids = set(raw_tasks)
     schemas = {tid: skills[t.skill].output_schema for tid, t in tasks.items()
                if t.skill in skills and skills[t.skill].output_schema}
+    for tid in schemas:
+        if tasks[tid].foreach:  # a fan-out's output: its instances' reports, in order
+            schemas[tid] = {"type": "array", "items": report_schema(schemas[tid])}
     for tid, spec in tasks.items():
         needs_set = set(spec.needs)
         for loc, value, extra in _expression_sites(tid, spec):
@@ -633,6 +637,8 @@ def _schema_path_problem(schema: dict[str, Any], parts: tuple[str | int, ...]) -
         if not isinstance(schema, dict) or any(k in schema for k in ("$ref", "anyOf", "oneOf", "allOf")):
             return None
         if isinstance(part, str):
+            if schema.get("type") == "array":
+                return f"{walked} is a list; it has no field '{part}' (index it first: [0])"
             props = schema.get("properties")
             if not isinstance(props, dict):
                 return None
