@@ -583,3 +583,35 @@ def test_the_fanout_review_example_runs_offline_end_to_end(project: Project) -> 
     page = out.read_text()
     for tid in ("inspect.small", "summary.maker.1", "summary.checker.2"):
         assert f'id="task-{tid}"' in page
+
+
+def test_validate_checks_paths_into_a_fanouts_reports(project: Project) -> None:
+    skill = project.root / "skills" / "worker"
+    (skill / "assets").mkdir(parents=True)
+    (skill / "SKILL.md").write_text(
+        "---\nname: worker\ndescription: Works on one subtask.\n"
+        "metadata:\n  agentctl.output: assets/output.schema.json\n---\nWork.\n")
+    (skill / "assets" / "output.schema.json").write_text(json.dumps({
+        "type": "object", "additionalProperties": False, "required": ["n"],
+        "properties": {"n": {"type": "integer"}}}))
+    errors = validate_errors(project, """\
+name: bad
+tasks:
+  plan:
+    command: [echo, plan]
+  work:
+    needs: plan
+    skill: worker
+    foreach: ${{ tasks.plan.output.items }}
+    command: [echo, "${{ item }}"]
+  use:
+    needs: work
+    command: [echo, "${{ tasks.work.output.n }}", "${{ tasks.work.output[0].output.n }}",
+              "${{ tasks.work.output[1].summary }}", "${{ tasks.work.output[0].output.m }}"]
+""")
+    assert errors == [
+        "p.yaml:12:21: error: tasks.use.command[1]: tasks.work.output is a list; it has no "
+        "field 'n' (index it first: [0]) (from the output schema of task work's skill)",
+        "p.yaml:13:54: error: tasks.use.command[4]: tasks.work.output[0].output has no field 'm' "
+        "(fields: n) (from the output schema of task work's skill)",
+    ]
