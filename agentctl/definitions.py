@@ -367,6 +367,10 @@ def load_pipeline(path: str | Path, *, skills_dir: Path | None = None) -> Defini
     ids = set(raw_tasks)
     schemas = {tid: skills[t.skill].output_schema for tid, t in tasks.items()
                if t.skill in skills and skills[t.skill].output_schema}
+    for tid, t in tasks.items():
+        maker = t.loop.maker.skill if t.loop is not None else None
+        if maker in skills and skills[maker].output_schema:
+            schemas[tid] = skills[maker].output_schema  # a loop reports its last maker's report
     for tid in schemas:
         if tasks[tid].foreach:  # a fan-out's output: its instances' reports, in order
             schemas[tid] = {"type": "array", "items": report_schema(schemas[tid])}
