@@ -608,10 +608,21 @@ tasks:
     needs: work
     command: [echo, "${{ tasks.work.output.n }}", "${{ tasks.work.output[0].output.n }}",
               "${{ tasks.work.output[1].summary }}", "${{ tasks.work.output[0].output.m }}"]
+  rev:
+    loop:
+      maker: {skill: worker}
+      checker: {command: [echo, check]}
+  after:
+    needs: rev
+    when: tasks.rev.output.n > 1 && tasks.rev.output.m
+    command: [echo, hi]
 """)
     assert errors == [
         "p.yaml:12:21: error: tasks.use.command[1]: tasks.work.output is a list; it has no "
         "field 'n' (index it first: [0]) (from the output schema of task work's skill)",
         "p.yaml:13:54: error: tasks.use.command[4]: tasks.work.output[0].output has no field 'm' "
         "(fields: n) (from the output schema of task work's skill)",
+        # A loop's output is its maker's: checked against the maker's skill.
+        "p.yaml:20:11: error: tasks.after.when: tasks.rev.output has no field 'm' (fields: n) "
+        "(from the output schema of task rev's skill)",
     ]
