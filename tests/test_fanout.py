@@ -574,6 +574,9 @@ def test_the_fanout_review_example_runs_offline_end_to_end(project: Project) -> 
     assert logs.returncode == 0, logs.stderr
     for tid in ("inspect.engine", "summary.maker.2", "summary.checker.2"):
         assert tid in logs.stdout
+    assert "5 instances: inspect.cli, inspect.engine, inspect.pkg-api" in logs.stdout
+    assert "iteration 2: maker summary.maker.2, checker summary.checker.2" in logs.stdout
+    assert "exit_reason=passed" in logs.stdout
     one = cli("logs", "ex", "inspect.pkg-api")
     assert one.returncode == 0, one.stderr
     assert '"path": "pkg/api.py"' in one.stdout or "pkg/api.py" in one.stdout
@@ -582,7 +585,8 @@ def test_the_fanout_review_example_runs_offline_end_to_end(project: Project) -> 
     assert rep.returncode == 0, rep.stderr
     page = out.read_text()
     for tid in ("inspect.small", "summary.maker.1", "summary.checker.2"):
-        assert f'id="task-{tid}"' in page
+        assert f'<details class="lane child1" id="task-{tid}"' in page  # under its group
+    assert "loop: 4 task(s), stopped: passed" in page
 
 
 def test_validate_checks_paths_into_a_fanouts_reports(project: Project) -> None:
