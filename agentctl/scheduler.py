@@ -30,11 +30,12 @@ from typing import Any, Protocol
 from agentctl import expr, prompts
 from agentctl.definitions import Definition
 from agentctl.errors import RunnerError
-from agentctl.models import Effects, StepSpec, TaskSpec, TaskStatus
+from agentctl.models import StepSpec, TaskSpec
 from agentctl.reports import validate_report
 from agentctl.runners.base import Attempt, Outcome, Registry
 from agentctl.state import RunState, TaskState, apply
 from agentctl.store import Journal, RunDir, makedirs, touch, write_atomic, write_json_atomic
+from agentctl.vocab import Effects, TaskStatus
 
 PARKED = frozenset({TaskStatus.WAITING_APPROVAL.value, TaskStatus.NEEDS_REVIEW.value})
 

@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
 
-from agentctl.models import Skill, TaskSpec
+from agentctl.models import Skill, StepSpec
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Attempt:
     task_id: str
     attempt: int
     idempotency_key: str
-    spec: TaskSpec
+    spec: StepSpec  # a task's, or a fan-out template's, or a loop's maker/checker
     skill: Skill | None
     model: str | None
     models: list[str]  # the model and its fallbacks, in order
