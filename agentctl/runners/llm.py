@@ -400,12 +400,12 @@ class _Conversation:
                 self._log_call(request, key, turn, spec, try_, error=result, backoff=wait,
                                latency=time.perf_counter() - started)
                 if not result.retryable:
-                    raise RunnerError("provider_error", f"{spec.raw}: {result.message}")
+                    raise RunnerError("provider_error", f"{spec.model}: {result.message}")
                 if wait is not None:
                     await self._sleep(wait)
         last = failures[-1]
         timeouts = all(f.kind == "timeout" for f in failures)
-        tried = ", ".join(s.raw for s in specs[self.current:])
+        tried = ", ".join(s.model for s in specs[self.current:])
         raise RunnerError("timeout" if timeouts else "provider_error",
                           f"no model answered ({tried}); last error: {last.message}",
                           retryable=True)
@@ -415,6 +415,7 @@ class _Conversation:
         """One request. Returns the reply's text (logged), or the failure (not yet logged)."""
         litellm = self.litellm
         kwargs: dict[str, Any] = dict(request)
+        kwargs["messages"] = [dict(m) for m in self.messages]  # litellm may edit what it is given
         kwargs["max_retries"] = 0  # retries are ours: the SDK's would be invisible and unlogged
         if spec.api_base:
             kwargs["api_base"] = spec.api_base
