@@ -120,6 +120,7 @@ class Scheduler:
         self._group: asyncio.Future[None] | None = None  # a pending group commit
         self._last_control = -1.0
         self._last_snapshot = 0.0
+        self._snapshot_gap = self.opt.snapshot_every_s  # grows with the snapshot's cost
         self._last_beat = 0.0
         self._env_base = dict(os.environ)
 
@@ -164,13 +165,17 @@ class Scheduler:
 
     def snapshot(self, *, force: bool = False) -> None:
         now = self.clock()
-        if not force and now - self._last_snapshot < self.opt.snapshot_every_s:
+        if not force and now - self._last_snapshot < self._snapshot_gap:
             return
         self._last_snapshot = now
+        began = time.perf_counter()
         data = self.state.to_dict()
         data["wal_seq"] = self.journal.seq
         data["wal_offset"] = self.journal.offset()
         write_json_atomic(self.run.snapshot, data, durable=True)
+        # run.json is derived (the WAL is the truth) and costs O(tasks) to write: a big run
+        # would spend a third of its time on it at one a second. Keep it under ~10%.
+        self._snapshot_gap = max(self.opt.snapshot_every_s, 10 * (time.perf_counter() - began))
 
     # ------------------------------------------------------------------ the loop
 

