@@ -117,11 +117,12 @@ def start(pipeline_path: Path, state_dir: store.StateDir, *, inputs: dict[str, s
     rid = run_id or state_dir.new_run_id(defn.pipeline.name)
     if run_id is not None:
         _check_run_id(run_id)
-    run = state_dir.create_run(rid)
-    lock = store.RunLock(run)
-    lock.acquire()
+    staged = state_dir.stage_run(rid)
+    lock = store.RunLock(staged)
+    lock.acquire()  # held across the rename: flock belongs to the file, not its name
     try:
-        freeze(defn, run.definition)
+        freeze(defn, staged.definition)
+        run = staged
         store.write_json_atomic(run.driver_file, store.driver_identity("run"))
         journal = store.Journal(run, next_seq=1)
         graph = {t: s.needs for t, s in defn.pipeline.tasks.items()}
@@ -143,6 +144,8 @@ def start(pipeline_path: Path, state_dir: store.StateDir, *, inputs: dict[str, s
                          "concurrency": opts.concurrency}},
             {"type": "driver_started", **store.driver_identity("run")},
         ])
+        run = state_dir.publish(staged, rid)
+        journal.run = run
         state = replay(store.scan_wal(run.wal).records)
         status = _drive(run, journal, defn, state, registry, reporter, opts)
         return Outcome(rid, status, waiting_notes(state))
@@ -260,6 +263,34 @@ def waiting_notes(state: RunState) -> list[str]:
     return out
 
 
+def _kill_run_processes(run: store.RunDir) -> int:
+    """Every agent process group of this run still alive: orphans of a dead driver (called
+    with the run's lock held, so no live driver owns them). Found by their environment, which
+    also covers an agent whose pid file was never written: AGENTCTL_INPUT is a path inside
+    this run's directory (run ids alone repeat across state directories)."""
+    prefix = f"AGENTCTL_INPUT={run.path.absolute()}/".encode()
+    me = os.getpid()
+    killed = 0
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return 0
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if not any(v.startswith(prefix) for v in env):
+                continue
+            if os.getpgid(pid) != pid:
+                continue  # not a group leader: its leader's group is stopped instead
+            os.killpg(pid, signal.SIGKILL)
+            killed += 1
+        except (OSError, ProcessLookupError):
+            continue
+    return killed
+
+
 def _regenerate_outputs(run: store.RunDir, state: RunState) -> None:
     """output.json is derived from the WAL; after a power loss it may be missing."""
     for t in state.tasks.values():
@@ -274,7 +305,7 @@ def _kill_orphans(run: store.RunDir, state: RunState, only: str | None = None) -
     """Agents of in-flight attempts may outlive a SIGKILLed driver (they lead their own
     process groups). Stop them (or only task ``only``'s), after checking /proc that the pid
     is still that agent."""
-    killed = 0
+    killed = _kill_run_processes(run)
     for t in state.in_flight():
         if only is not None and t.id != only:
             continue

@@ -303,7 +303,8 @@ class Journal:
 
 class StateDir:
     def __init__(self, path: Path) -> None:
-        self.path = path
+        # Absolute: agents get paths inside it and may run in another directory (workdir:).
+        self.path = Path(path).absolute()
 
     @property
     def runs(self) -> Path:
@@ -320,7 +321,8 @@ class StateDir:
     def list_runs(self) -> list[RunDir]:
         """Runs, oldest first (by creation time of their WAL)."""
         try:
-            entries = [RunDir(p) for p in self.runs.iterdir() if (p / WAL).exists()]
+            entries = [RunDir(p) for p in self.runs.iterdir()
+                       if not p.name.startswith(".") and (p / WAL).exists()]
         except FileNotFoundError:
             return []
 
@@ -341,6 +343,41 @@ class StateDir:
     def new_run_id(self, pipeline: str) -> str:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         return f"{stamp}-{pipeline}-{secrets.token_hex(2)}"
+
+    def stage_run(self, run_id: str) -> RunDir:
+        """A new run's directory, built under a hidden name; ``publish`` gives it its name once
+        its first records are durable, so a crash while starting leaves no half-made run."""
+        makedirs(self.runs)
+        self._sweep_staging()
+        if (self.runs / run_id).exists():
+            raise StateError(f"run '{run_id}' already exists in {self.runs}")
+        return self.create_run(f".{run_id}.{secrets.token_hex(3)}.new")
+
+    def publish(self, staged: RunDir, run_id: str) -> RunDir:
+        final = self.runs / run_id
+        try:
+            if final.exists():
+                raise OSError(f"{final} exists")
+            os.rename(staged.path, final)
+        except OSError:
+            raise StateError(f"run '{run_id}' already exists in {self.runs}") from None
+        fsync_dir(self.runs)
+        return RunDir(final)
+
+    def _sweep_staging(self) -> None:
+        """Remove runs that never got past their start (their driver died before publish)."""
+        import shutil  # noqa: PLC0415
+
+        for p in self.runs.glob(".*.new"):
+            lock = RunLock(RunDir(p))
+            try:
+                lock.acquire()
+            except LockHeld:
+                continue  # another driver is starting that run right now
+            try:
+                shutil.rmtree(p, ignore_errors=True)
+            finally:
+                lock.release()
 
     def create_run(self, run_id: str) -> RunDir:
         makedirs(self.runs)
