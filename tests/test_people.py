@@ -418,7 +418,8 @@ def test_cancel_from_another_terminal_stops_the_run_and_its_agents(project: Proj
         "after": {"command": agent(project, "ok"), "needs": "spin"},
     })
     driver = project.spawn("run", "p.yaml", "--run-id", "r")
-    wait_for(pids_file.exists, "the agent to spawn its child")
+    wait_for(lambda: pids_file.exists() and pids_file.read_text().endswith("\n"),
+             "the agent to spawn its child")
     wait_running(project, "r", "slow")
     pids = json.loads(pids_file.read_text().splitlines()[0])
 
