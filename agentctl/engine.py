@@ -221,6 +221,11 @@ def resume(state_dir: store.StateDir, run_id: str | None, *, registry: Registry,
                          + str(run.definition))
         if state.status == "complete" and not retry_failed:
             return Outcome(run.run_id, "complete", notes + ["the run is already complete"])
+        if state.status == "cancelled" and not retry_failed:
+            # A person stopped it; a plain resume would only relabel it 'failed'.
+            return Outcome(run.run_id, "cancelled", [*notes, (
+                f"run {run.run_id} was cancelled; `agentctl resume {run.run_id} --retry-failed` "
+                "runs its cancelled tasks again")])
         _regenerate_outputs(run, state)
         killed = _kill_orphans(run, state)
         if killed:

@@ -444,6 +444,12 @@ def test_cancel_from_another_terminal_stops_the_run_and_its_agents(project: Proj
     assert again.returncode == 2  # nothing left to cancel
     one_line_error(again.stderr)
     assert len(records(project, "r", "cancel_requested")) == 1
+    # A plain resume keeps a person's cancel; --retry-failed runs the cancelled tasks again.
+    res = project.cli("resume", "r")
+    assert res.returncode == 1, res.stderr
+    assert "--retry-failed" in res.stderr
+    assert view(project, "r")["status"] == "cancelled"
+    assert len(records(project, "r", "driver_started")) == 1
     check_run_files(project.run_dir("r"))
 
 
