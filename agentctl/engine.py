@@ -221,8 +221,9 @@ def resume(state_dir: store.StateDir, run_id: str | None, *, registry: Registry,
                          + str(run.definition))
         if state.status == "complete" and not retry_failed:
             return Outcome(run.run_id, "complete", notes + ["the run is already complete"])
-        if state.status == "cancelled" and not retry_failed:
-            # A person stopped it; a plain resume would only relabel it 'failed'.
+        if (state.status == "cancelled" and not retry_failed
+                and not any(t.status == "pending" for t in state.tasks.values())):
+            # A person stopped it (and queued nothing since): resume would relabel it 'failed'.
             return Outcome(run.run_id, "cancelled", [*notes, (
                 f"run {run.run_id} was cancelled; `agentctl resume {run.run_id} --retry-failed` "
                 "runs its cancelled tasks again")])

@@ -465,6 +465,11 @@ def test_cancel_a_paused_run_and_refuse_to_cancel_a_complete_one(project: Projec
     assert st["status"] == "cancelled"
     assert {t["id"]: t["status"] for t in st["tasks"]} == {"side": "complete",
                                                            "deploy": "cancelled"}
+    # A cancelled run is finished, and a person may still take it up again.
+    assert project.cli("retry", "r", "deploy").returncode == 0
+    res = project.cli("resume", "r")
+    assert res.returncode == 4, res.stderr  # deploy waits for its approval again
+    assert tasks(project, "r")["deploy"]["status"] == "waiting_approval"
 
     project.pipeline({"one": {"command": agent(project, "ok")}}, path="q.yaml")
     assert project.cli("run", "q.yaml", "--run-id", "q").returncode == 0
