@@ -192,6 +192,16 @@ class LiveReporter:
         self.live.update(run_table(rows))
 
 
+_CONTROL = {c: " " if c in (9, 10, 13) else f"\\x{c:02x}" for c in [*range(32), 127]}
+_CONTROL.update({c: f"\\u{c:04x}" for c in (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))})
+
+
+def _printable(text: str) -> str:
+    """Agent text on one line, its control characters and bidi overrides shown as escapes,
+    so an agent cannot move the cursor or recolour the terminal."""
+    return text.translate(_CONTROL)
+
+
 class LineReporter:
     """Plain log lines, for pipes and CI logs."""
 
@@ -238,7 +248,7 @@ class LineReporter:
             line = (f"run {state.run_id} {rec['status']}: {state.count('complete')}/"
                     f"{len(state.tasks)} complete, {state.tokens} tokens, ${state.cost_usd:.4f}")
         if line:
-            self.out.write(line.replace("\n", " ") + "\n")
+            self.out.write(_printable(line) + "\n")
             self.out.flush()
 
     def tick(self, state: RunState) -> None:

@@ -185,7 +185,9 @@ def apply(state: RunState, rec: dict[str, Any]) -> None:
         state.cancel_requested = True
         return
 
-    task = state.tasks[rec["task"]]
+    task = state.tasks.get(rec.get("task", ""))
+    if task is None:
+        return  # a record type from a newer agentctl, or about no task: nothing to fold
     if kind == "attempt_started":
         task.attempts.append(Attempt(n=rec["attempt"], key=rec.get("key", ""), started_at=at,
                                      model=rec.get("model")))
