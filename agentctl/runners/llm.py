@@ -25,8 +25,9 @@ One attempt, in order:
    problems, at most ``max_repairs`` times; then the task fails as ``invalid_output``, not
    retried (the model has had its chances, and a new attempt would replay the same replies).
 6. Everything sent and received is kept in the attempt's directory, secrets masked:
-   ``exchange.json``, rewritten after each request: the conversation, and every request
-   made for it (failed tries and reused responses too) with its outcome and cost.
+   ``call-NNN.json`` for each request as it ends (failed tries and reused responses too:
+   the request in full, the response or error, tokens, cost, the backoff that followed), and
+   ``exchange.json`` when the attempt ends: the conversation, and a line per request.
 
 Model strings are litellm's, with agentctl's options after a ``?``::
 
@@ -532,6 +533,11 @@ class _Conversation:
         if error is not None:
             entry["backoff_s"] = None if backoff is None else round(backoff, 4)
         self.entries.append(entry)
+        # And the request in full, in a file of its own, as soon as it is answered (or not):
+        # `agentctl logs` and `trace` read these, and a killed driver leaves them behind.
+        full = {k: v for k, v in entry.items() if k not in ("sent_messages", "params")}
+        full["request"] = request
+        self._write(f"call-{entry['n']:03d}.json", full)
 
     def save(self) -> None:
         """``exchange.json`` in the attempt's directory: the whole conversation and every
@@ -544,11 +550,14 @@ class _Conversation:
             "cost_usd": self.cost, "problems": self.problems, "messages": self.messages,
             "calls": self.entries,
         }
+        self._write("exchange.json", data)
+
+    def _write(self, name: str, obj: dict[str, Any]) -> None:
         # One line of JSON: the C encoder is many times faster than indent=2's pure Python
-        # one, and this is written for every attempt (`jq . exchange.json` to read it).
-        text = json.dumps(redact.default().obj(data), ensure_ascii=False) + "\n"
+        # one, and these are written for every call (`jq . exchange.json` to read them).
+        text = json.dumps(redact.default().obj(obj), ensure_ascii=False) + "\n"
         with contextlib.suppress(OSError):
-            write_atomic(Path(self.a.attempt_dir) / "exchange.json", text.encode(), durable=False)
+            write_atomic(Path(self.a.attempt_dir) / name, text.encode(), durable=False)
 
     def details(self) -> dict[str, Any]:
         return {"model": self.answered_by, "turns": self.turns, "calls": self.paid,
