@@ -121,6 +121,9 @@ class Scheduler:
         self._last_control = -1.0
         self._last_snapshot = 0.0
         self._snapshot_gap = self.opt.snapshot_every_s  # grows with the snapshot's cost
+        # _dependents: (task count, reverse graph, file order); (batch, tasks walked in it)
+        self._rev: tuple[int, dict[str, list[str]], dict[str, int]] | None = None
+        self._walked: tuple[list[dict[str, Any]], set[str]] | None = None
         self._last_beat = 0.0
         self._env_base = dict(os.environ)
 
@@ -551,16 +554,13 @@ class Scheduler:
                 self._skip_dependents(t.id)
 
     def _skip_dependents(self, failed: str) -> None:
-        from agentctl.planning import dependents  # noqa: PLC0415
-
         staged = {r["task"] for r in self._batch if r["type"] == "task_skipped"}
         src = self.state.tasks[failed]
         how = {"failed": "failed", "blocked": "is blocked", "skipped": "was skipped",
                "cancelled": "was cancelled"}.get(src.status, src.status)
         # Skipping past a false `when:` is not a failure; skipping past a failure is.
         category = None if src.status == "skipped" and src.error is None else "upstream_failed"
-        graph = {t.id: t.needs for t in self.state.tasks.values()}
-        for dep in dependents(graph, failed):
+        for dep in self._dependents(failed):
             t = self.state.tasks[dep]
             if t.status == TaskStatus.PENDING.value and dep not in staged:
                 direct = failed in t.needs
@@ -571,6 +571,41 @@ class Scheduler:
                     rec["category"] = category
                 self.emit(rec)
                 staged.add(dep)
+
+    def _dependents(self, root: str) -> list[str]:
+        """``planning.dependents(root)`` over the run's tasks (file order), without walking
+        the whole graph per call: 100 failures in front of 1,000 tasks took 1.5 s.
+
+        - The reverse graph is kept until a task is added: a task's needs never change.
+        - A task that an earlier call walked during this same batch is left out, with all
+          below it. Statuses change only at a commit, so each pending task below it is
+          already staged as skipped by that call, and the caller would skip it anyway."""
+        tasks = self.state.tasks
+        if self._rev is None or self._rev[0] != len(tasks):
+            rev: dict[str, list[str]] = {t: [] for t in tasks}
+            for task in tasks.values():
+                for d in task.needs:
+                    if d in rev:
+                        rev[d].append(task.id)
+            self._rev = (len(tasks), rev, {t: i for i, t in enumerate(tasks)})
+        _, rev, order = self._rev
+        if self._walked is None or self._walked[0] is not self._batch:
+            self._walked = (self._batch, set())  # a new batch: commit() replaced the list
+        walked = self._walked[1]
+        out: list[str] = []
+        seen = {root}
+        frontier = [root]
+        while frontier:
+            nxt = []
+            for t in frontier:
+                for u in rev.get(t, ()):
+                    if u not in seen and u not in walked:
+                        seen.add(u)
+                        out.append(u)
+                        nxt.append(u)
+            frontier = nxt
+        walked.update(out)
+        return sorted(out, key=order.__getitem__)
 
     # ------------------------------------------------------------------ starting
 
