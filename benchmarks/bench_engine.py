@@ -28,6 +28,12 @@ How it measures:
 The goals (issue 3, item 9): command tasks within 1.5x of the spawn floor; no-op tasks at
 0.15 ms/task of overhead or less (LangGraph with its SQLite checkpointer measured 1.3-1.6 ms/task
 on the same waves on the development machine).
+
+llm tasks (issue 4, item 9; ``bench_llm`` at the end, skip with ``--no-llm``): ``--tasks``
+``offline/echo`` tasks at ``--llm-concurrency`` (16) through the whole engine and llm runner,
+against a plain asyncio loop in this process of the very litellm calls that run made; once per
+``--llm-latency`` of the offline model. Goal: under 1.3x. And a whole run of one task with and
+without llm tasks: what importing litellm adds to a run's start.
 """
 
 from __future__ import annotations
@@ -79,9 +85,7 @@ class Scenario:
 SCENARIOS = [
     Scenario("command", 'command: ["true"]', "the command runner spawning `true`"),
     Scenario("noop", "runner: noop", "the in-process no-op runner"),
-    # llm (issue 4, item 9) goes here: Scenario("llm", "model: offline/...") at its own
-    # concurrency (16), with its floor -- a plain asyncio loop of the same litellm calls in this
-    # process -- measured next to floor (a) in main(); see the placeholder in main().
+    # llm tasks have their own concurrency, floor and startup figures: bench_llm(), at the end.
 ]
 
 
@@ -255,6 +259,13 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None,
                     help="where the state dirs go (default: a temp dir); fsync cost depends on it")
     ap.add_argument("--no-strace", action="store_true", help="skip the strace count of all fsyncs")
+    ap.add_argument("--llm-concurrency", type=int, default=16, help="concurrency of the llm runs")
+    ap.add_argument("--llm-waves", type=int, default=1,
+                    help="waves of the llm runs (default 1: a wave barrier idles slots the "
+                         "floor's flat loop does not, which is not overhead)")
+    ap.add_argument("--llm-latency", default="0ms,50ms",
+                    help="reply latencies of the offline model, one llm run each (default 0ms,50ms)")
+    ap.add_argument("--no-llm", action="store_true", help="skip the llm runs")
     args = ap.parse_args()
     n, k = args.tasks, args.repeat
     if n < args.waves or args.waves < 1 or n < 2:
@@ -297,7 +308,6 @@ def _bench(args: argparse.Namespace, n: int, k: int, work: Path) -> None:
         loads.append(load_time(pipelines[SCENARIOS[0].name]))
         for sc in SCENARIOS:
             runs[sc.name].append(run_engine(pipelines[sc.name], work, f"{sc.name}-{i}"))
-        # llm (issue 4, item 9): measure the plain-asyncio litellm floor here, beside (a).
     traced = {} if args.no_strace else {sc.name: strace_fsyncs(pipelines[sc.name], work)
                                         for sc in SCENARIOS}
 
@@ -356,8 +366,250 @@ def _bench(args: argparse.Namespace, n: int, k: int, work: Path) -> None:
     print(f"  noop overhead:   (wall - startup) / tasks            {(noop - st) / n * 1e3:.3f} ms/task"
           "   (goal <= 0.15; LangGraph + SQLite checkpointer: 1.3-1.6)")
     print(f"                   (wall - 1-task run) / (tasks - 1)   {(noop - fixed) / (n - 1) * 1e3:.3f} ms/task")
-    # llm (issue 4, item 9): print run / plain-asyncio-litellm floor (goal < 1.3) and the
-    # startup of `agentctl run` with and without llm tasks here.
+    if not args.no_llm:
+        bench_llm(n, args.llm_waves, args.llm_concurrency, k,
+                  [x.strip() for x in args.llm_latency.split(",") if x.strip()], work)
+
+
+# ---------------------------------------------------------------------------------- llm tasks
+# Issue 4, item 9. ``--tasks`` offline llm tasks at ``--llm-concurrency`` through the whole
+# runner (the engine in a child process, as a user starts it), against the floor: a plain
+# asyncio loop, in this process, of the very litellm calls that run made (read back from its
+# exchange.json files: same model, messages and parameters). Once with replies at once
+# (``offline/echo``: every cost of ours shows), once with a reply latency (``?latency=``: a
+# model that takes any time at all). And what llm tasks add to a run's startup.
+
+LLM_SKILL = """\
+---
+name: bench
+description: Answers one benchmark task with a small structured report. Use in benchmarks.
+metadata:
+  agentctl.output: assets/output.schema.json
+---
+You answer one task of a benchmark. Read your inputs and the report you are given, and reply
+with the report asked for.
+"""
+LLM_SCHEMA = {"type": "object", "required": ["answer", "items"], "properties": {
+    "answer": {"type": "string", "minLength": 1},
+    "items": {"type": "array", "items": {"type": "object", "required": ["id", "score"],
+                                         "properties": {"id": {"type": "string"},
+                                                        "score": {"type": "number", "minimum": 0}}}}}}
+
+
+def write_llm_pipeline(path: Path, name: str, n_tasks: int, n_waves: int, concurrency: int,
+                       model: str) -> None:
+    """``n_tasks`` llm tasks in ``n_waves`` waves; a task needs its namesake in the wave before
+    (bounded context: one report in each prompt). The skill goes in ``skills/`` beside it."""
+    skill = path.parent / "skills" / "bench"
+    (skill / "assets").mkdir(parents=True, exist_ok=True)
+    (skill / "SKILL.md").write_text(LLM_SKILL)
+    (skill / "assets" / "output.schema.json").write_text(json.dumps(LLM_SCHEMA))
+    per = -(-n_tasks // n_waves)
+    lines = [f"name: {name}", f"defaults: {{model: {json.dumps(model)}, retries: 0}}",
+             f"limits: {{concurrency: {concurrency}}}", "tasks:"]
+    for i in range(n_tasks):
+        w, j = divmod(i, per)
+        needs = f", needs: [w{w - 1}-t{j}]" if w else ""
+        lines.append(f"  w{w}-t{j}: {{skill: bench, with: {{n: {i}}}{needs}}}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_llm_engine(pipeline: Path, work: Path, tag: str) -> tuple[Sample, list[dict[str, object]]]:
+    """One engine run, and the litellm requests its runner made (from exchange.json)."""
+    state = work / f"state-{tag}"
+    stats = work / f"stats-{tag}.json"
+    argv = [PY, "-m", "agentctl", "run", str(pipeline), "--state-dir", str(state)]
+    s = run_child(argv, agentctl_env(stats), work / f"stderr-{tag}.txt")
+    if s.rc != 0:
+        tail = (work / f"stderr-{tag}.txt").read_text(errors="replace")[-2000:]
+        raise SystemExit(f"bench: `{shlex.join(argv)}` exited {s.rc}:\n{tail}")
+    try:
+        s.stats = json.loads(stats.read_text())
+    except (OSError, ValueError):
+        s.stats = {}
+    # The run's own clock: from its first response logged to its last attempt ended, i.e.
+    # the tasks' work without the interpreter's start and litellm's import.
+    from datetime import datetime
+
+    stamps: dict[str, list[float]] = {"llm_call": [], "attempt_ended": []}
+    for wal in state.glob("runs/*/wal.jsonl"):
+        for line in wal.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("type") in stamps:
+                at = datetime.fromisoformat(rec["at"].replace("Z", "+00:00")).timestamp()
+                stamps[rec["type"]].append(at)
+    if stamps["llm_call"] and stamps["attempt_ended"]:
+        s.stats["span_s"] = max(stamps["attempt_ended"]) - min(stamps["llm_call"])
+    requests: list[dict[str, object]] = []
+    for path in sorted(state.glob("runs/*/tasks/*/attempts/*/exchange.json")):
+        ex = json.loads(path.read_text())
+        for call in ex["calls"]:  # the first `sent_messages` of the conversation, + params
+            requests.append({**call["params"], "messages": ex["messages"][:call["sent_messages"]]})
+    shutil.rmtree(state, ignore_errors=True)
+    return s, requests
+
+
+def floor_litellm(requests: list[dict[str, object]], concurrency: int) -> tuple[float, float]:
+    """The same ``acompletion`` calls (and the kwargs the runner adds), plain asyncio, nothing
+    else: (wall, CPU) seconds."""
+    from agentctl.runners import llm
+
+    litellm = llm.load()
+    meta = {"agentctl": {"task": "t", "attempt": 1, "turn": 0, "try": 0}}
+
+    async def loop() -> None:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(req: dict[str, object]) -> None:
+            async with sem:
+                await litellm.acompletion(**req, max_retries=0, metadata=meta)
+
+        try:
+            await asyncio.gather(*(one(r) for r in requests))
+        finally:
+            await llm.aclose()
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    asyncio.run(loop())
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def runner_alone(pipeline: Path, concurrency: int, work: Path) -> tuple[float, float]:
+    """The llm runner without the engine: ``LLMRunner.run`` on one attempt per task of
+    ``pipeline`` (independent tasks), in this process, at ``concurrency``; calls are "logged"
+    to a list. What the runner itself adds to the floor. (wall, CPU) seconds."""
+    from agentctl import prompts
+    from agentctl.definitions import load_pipeline
+    from agentctl.runners import llm
+    from agentctl.runners.base import Attempt
+
+    defn = load_pipeline(pipeline)
+    logged: list[dict[str, object]] = []
+
+    async def record(call: dict[str, object]) -> None:
+        logged.append(call)
+
+    attempts = []
+    for tid in defn.pipeline.tasks:
+        spec = defn.task(tid)
+        skill = defn.skills[spec.skill] if spec.skill else None
+        pkt = prompts.packet("bench", tid, 1, dict(spec.with_), {})
+        adir = work / "runner-alone" / tid
+        adir.mkdir(parents=True, exist_ok=True)
+        model = defn.model_of(tid)
+        attempts.append(Attempt(
+            run_id="bench", task_id=tid, attempt=1, idempotency_key="k", spec=spec, skill=skill,
+            model=model, models=[model] if model else [], workspace=work, workdir=work,
+            attempt_dir=adir, input_path=adir / "input.json", output_path=adir / "report.json",
+            prompt_path=None, heartbeat_path=adir / "beat", packet=pkt,
+            prompt=prompts.rendered_prompt(pkt, skill) if skill else None, argv=None, env={},
+            beat=lambda: None, record_call=record))
+
+    async def loop() -> None:
+        runner, sem = llm.LLMRunner(), asyncio.Semaphore(concurrency)
+
+        async def one(a: Attempt) -> None:
+            async with sem:
+                out = await runner.run(a)
+                if out.report is None:
+                    raise SystemExit(f"bench: the llm runner failed: {out.category}: {out.message}")
+
+        try:
+            await asyncio.gather(*(one(a) for a in attempts))
+        finally:
+            await llm.aclose()
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    asyncio.run(loop())
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    shutil.rmtree(work / "runner-alone", ignore_errors=True)
+    return wall, cpu
+
+
+def bench_llm(n: int, waves: int, concurrency: int, k: int, latencies: list[str], work: Path) -> None:
+    """Print the llm runner's figures (called at the end of ``_bench``)."""
+    from agentctl.runners import llm
+
+    t0 = time.perf_counter()
+    llm.load()
+    import_s = time.perf_counter() - t0
+    noop_one = work / "noop-one.yaml"
+    write_pipeline(noop_one, "bench-noop-one", 1, 1, 1, "runner: noop")
+    models = {lat: "offline/echo" + (f"?latency={lat}" if lat not in ("", "0", "0ms") else "")
+              for lat in latencies}
+    big, one = {}, {}
+    for lat, model in models.items():
+        big[lat], one[lat] = work / f"llm-{lat}.yaml", work / f"llm-one-{lat}.yaml"
+        write_llm_pipeline(big[lat], "bench-llm", n, waves, concurrency, model)
+        write_llm_pipeline(one[lat], "bench-llm-one", 1, 1, 1, model)
+    floor_litellm(run_llm_engine(one[latencies[0]], work, "warm")[1], 1)  # litellm's lazy imports
+
+    start_noop: list[Sample] = []
+    start_llm: list[Sample] = []
+    runs: dict[str, list[Sample]] = {lat: [] for lat in latencies}
+    floors: dict[str, list[tuple[float, float]]] = {lat: [] for lat in latencies}
+    alone: dict[str, list[tuple[float, float]]] = {lat: [] for lat in latencies}
+    for i in range(k):  # interleaved, so drift on the machine hits all alike
+        start_noop.append(run_engine(noop_one, work, f"noop-one-{i}"))
+        start_llm.append(run_llm_engine(one[latencies[0]], work, f"llm-one-{i}")[0])
+        for lat in latencies:
+            s, requests = run_llm_engine(big[lat], work, f"llm-{lat}-{i}")
+            if len(requests) != n:
+                raise SystemExit(f"bench: expected {n} llm calls, the run made {len(requests)}")
+            runs[lat].append(s)
+            floors[lat].append(floor_litellm(requests, concurrency))
+            if waves == 1:
+                alone[lat].append(runner_alone(big[lat], concurrency, work))
+
+    one_wall = med([s.wall for s in start_llm])
+    one_cpu = med([s.cpu for s in start_llm])
+    noop_wall = med([s.wall for s in start_noop])
+    scale = (n - 1) / n  # the 1-task run's task is not in (run - 1-task run)
+    print()
+    shape = ("independent" if waves == 1 else
+             f"in {waves} waves, each needing one task of the wave before")
+    print(f"llm tasks: {n} offline llm tasks, {shape}; concurrency {concurrency}; median of {k} "
+          "(min-max)")
+    print(f"  import litellm (in this process, once)          {import_s:.3f} s")
+    print(f"  a whole run of 1 noop task (never imports it)   {spread([s.wall for s in start_noop])} s")
+    print(f"  a whole run of 1 llm task (imports it)          {spread([s.wall for s in start_llm])} s "
+          f"(CPU {spread([s.cpu for s in start_llm])} s)")
+    ratios = []
+    for lat, model in models.items():
+        spans = [float(s.stats.get("span_s", 0.0)) for s in runs[lat]]
+        walls = [s.wall for s in runs[lat]]
+        cpus = [s.cpu for s in runs[lat]]
+        fw = [f[0] for f in floors[lat]]
+        fc = [f[1] for f in floors[lat]]
+        wall_ratio = (med(walls) - one_wall) / (med(fw) * scale)
+        cpu_ratio = (med(cpus) - one_cpu) / (med(fc) * scale)
+        span_ratio = med(spans) / (med(fw) * scale)
+        ratios.append((model, span_ratio, wall_ratio, cpu_ratio))
+        print(f"  {model}")
+        print(f"    engine run, {n} tasks                      {spread(walls)} s "
+              f"(driver CPU {spread(cpus)} s, peak RSS {med([s.rss_kb for s in runs[lat]]) / 1024:.0f} MB)")
+        print(f"    in the run: first response logged -> last attempt ended  {spread(spans)} s")
+        print(f"    floor: the same {n} acompletion calls        {spread(fw)} s "
+              f"(CPU {spread(fc)} s) = {med(fw) / n * 1e3:.3f} ms/call")
+        print(f"    per task, (run - 1-task run)/(tasks - 1)    {(med(walls) - one_wall) / (n - 1) * 1e3:.3f} ms "
+              f"(floor {med(fw) / n * 1e3:.3f} ms)")
+        if alone[lat]:
+            aw, ac = [a[0] for a in alone[lat]], [a[1] for a in alone[lat]]
+            print(f"    the llm runner alone, in this process (no engine)  {spread(aw)} s "
+                  f"(CPU {spread(ac)} s) = {med(aw) / med(fw):.2f}x the floor's wall, "
+                  f"{med(ac) / med(fc):.2f}x its CPU")
+        fsyncs = [s.stats.get("wal_fsyncs") for s in runs[lat]]
+        if all(isinstance(f, int) for f in fsyncs):
+            print(f"    WAL fsyncs (batches) per task               {med(fsyncs) / n:.3f}")
+    print()
+    print("goals (llm)")
+    for model, span_ratio, wall_ratio, cpu_ratio in ratios:
+        print(f"  {model}: run / floor   (goal < 1.3x)")
+        print(f"    in-run span / floor x (tasks-1)/tasks                {span_ratio:.2f}x")
+        print(f"    (wall - 1-task run) / floor x (tasks-1)/tasks        {wall_ratio:.2f}x")
+        print(f"    (driver CPU - 1-task run's) / floor's CPU, same      {cpu_ratio:.2f}x")
+    print(f"  startup, a whole run of 1 task: {one_wall:.3f} s with llm tasks, {noop_wall:.3f} s "
+          f"without (+{one_wall - noop_wall:.3f} s: litellm's import, begun in a thread at preflight)")
 
 
 if __name__ == "__main__":
