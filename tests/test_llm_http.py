@@ -93,11 +93,13 @@ def test_an_invalid_reply_is_sent_back_and_repaired_over_http(proj: LLMProject, 
 
 def test_a_slow_reply_times_out_and_is_retried(proj: LLMProject, server: FakeOpenAI) -> None:
     server.script("gpt-4o-mini", Reply(hold=True))  # answers only when the test ends
-    p = proj.pipeline({"a": {"model": model(server, timeout="300ms", backoff="1ms")}})
+    p = proj.pipeline({"a": {"model": model(server, timeout="1s", backoff="1ms")}})
     r, rid = proj.run(p)
     assert r.code == 0, r.stderr
-    assert kinds(proj, rid, "a") == ["timeout", "ok"]
-    assert len(server.requests) == 2
+    seen = kinds(proj, rid, "a")
+    # (A loaded machine may make a quick reply late too: only the first is sure to time out.)
+    assert seen[0] == "timeout" and seen[-1] == "ok" and set(seen) == {"timeout", "ok"}
+    assert len(server.requests) == len(seen)
 
 
 def test_an_authentication_error_is_not_retried(proj: LLMProject, server: FakeOpenAI) -> None:
