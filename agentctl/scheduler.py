@@ -124,6 +124,7 @@ class Scheduler:
         # _dependents: (task count, reverse graph, file order); (batch, tasks walked in it)
         self._rev: tuple[int, dict[str, list[str]], dict[str, int]] | None = None
         self._walked: tuple[list[dict[str, Any]], set[str]] | None = None
+        self._groups: tuple[int, list[TaskState]] | None = None  # (task count, group tasks)
         self._last_beat = 0.0
         self._env_base = dict(os.environ)
 
@@ -454,7 +455,12 @@ class Scheduler:
     def _advance_groups(self) -> None:
         """Settle fan-out groups whose instances have all settled, and take review loops one
         step: pass, stop, or the next iteration. Reads committed state only."""
-        for g in list(self.state.tasks.values()):
+        tasks = self.state.tasks
+        if self._groups is None or self._groups[0] != len(tasks):
+            # Every pass used to look at every task. A task becomes a group as its first
+            # children are added, so the groups change only when the number of tasks does.
+            self._groups = (len(tasks), [t for t in tasks.values() if t.group is not None])
+        for g in self._groups[1]:
             if g.status != TaskStatus.RUNNING.value or not g.children or g.group is None:
                 continue
             kids = [self.state.tasks[c] for c in g.children]
