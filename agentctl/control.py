@@ -105,10 +105,11 @@ def decide(state: RunState, req: dict[str, Any], output_schemas: dict[str, Any],
         if action == "approve" and t.approved and t.status == "pending":
             raise UsageError(f"task '{t.id}' is approved already; it runs when its turn comes")
         if action == "approve":
-            rec = {"type": "approval", "task": t.id, "decision": "approved", "by": who}
+            approval: dict[str, Any] = {"type": "approval", "task": t.id, "decision": "approved",
+                                        "by": who}
             if note:
-                rec["note"] = note
-            return [rec], f"approved '{t.id}'"
+                approval["note"] = note
+            return [approval], f"approved '{t.id}'"
         if not note:
             raise UsageError("reject needs --reason")
         return ([{"type": "approval", "task": t.id, "decision": "rejected", "by": who,
