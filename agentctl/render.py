@@ -143,7 +143,8 @@ def _state_rows(state: RunState, beat_age: Any = None) -> dict[str, Any]:
                       "heartbeat_age_s": age, "started_at": t.started_at, "ended_at": t.ended_at,
                       "tokens": t.tokens, "cost_usd": t.cost_usd, "error": t.error,
                       "group": t.group, "children": len(t.children), "exit_reason": t.exit_reason})
-    tasks.sort(key=lambda r: int(r["wave"] or 0))
+    order = {t.id: t.wave for t in state.tasks.values()}
+    tasks.sort(key=lambda r: order[str(r["id"])])
     return {"run_id": state.run_id, "pipeline": state.pipeline, "status": state.status,
             "driver": {"pid": None, "alive": True, "heartbeat_age_s": None}, "tasks": tasks,
             "totals": {"tasks": len(tasks), "complete": state.count("complete"),
