@@ -13,6 +13,7 @@ recorded (``server.requests``), with its headers and JSON body.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -75,10 +76,9 @@ class FakeOpenAI:
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
-                try:
+                # The client may have given up (a timeout): nothing to answer then.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (a timeout): nothing to answer
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
