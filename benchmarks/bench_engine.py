@@ -445,8 +445,7 @@ def run_llm_engine(pipeline: Path, work: Path, tag: str) -> tuple[Sample, list[d
         ex = json.loads(path.read_text())
         for call in ex["calls"]:  # the first `sent_messages` of the conversation, + params
             requests.append({**call["params"], "messages": ex["messages"][:call["sent_messages"]]})
-    shutil.rmtree(state, ignore_errors=True)
-    return s, requests
+    return s, requests  # the state dir stays until the end: see run_engine
 
 
 def floor_litellm(requests: list[dict[str, object]], concurrency: int) -> tuple[float, float]:
@@ -474,7 +473,7 @@ def floor_litellm(requests: list[dict[str, object]], concurrency: int) -> tuple[
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def runner_alone(pipeline: Path, concurrency: int, work: Path) -> tuple[float, float]:
+def runner_alone(pipeline: Path, concurrency: int, work: Path, tag: str) -> tuple[float, float]:
     """The llm runner without the engine: ``LLMRunner.run`` on one attempt per task of
     ``pipeline`` (independent tasks), in this process, at ``concurrency``; calls are "logged"
     to a list. What the runner itself adds to the floor. (wall, CPU) seconds."""
@@ -494,7 +493,7 @@ def runner_alone(pipeline: Path, concurrency: int, work: Path) -> tuple[float, f
         spec = defn.task(tid)
         skill = defn.skills[spec.skill] if spec.skill else None
         pkt = prompts.packet("bench", tid, 1, dict(spec.with_), {})
-        adir = work / "runner-alone" / tid
+        adir = work / f"runner-alone-{tag}" / tid
         adir.mkdir(parents=True, exist_ok=True)
         model = defn.model_of(tid)
         attempts.append(Attempt(
@@ -521,9 +520,7 @@ def runner_alone(pipeline: Path, concurrency: int, work: Path) -> tuple[float, f
 
     t0, c0 = time.perf_counter(), time.process_time()
     asyncio.run(loop())
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    shutil.rmtree(work / "runner-alone", ignore_errors=True)
-    return wall, cpu
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def bench_llm(n: int, waves: int, concurrency: int, k: int, latencies: list[str], work: Path) -> None:
@@ -559,7 +556,7 @@ def bench_llm(n: int, waves: int, concurrency: int, k: int, latencies: list[str]
             runs[lat].append(s)
             floors[lat].append(floor_litellm(requests, concurrency))
             if waves == 1:
-                alone[lat].append(runner_alone(big[lat], concurrency, work))
+                alone[lat].append(runner_alone(big[lat], concurrency, work, f"{lat}-{i}"))
 
     one_wall = med([s.wall for s in start_llm])
     one_cpu = med([s.cpu for s in start_llm])
