@@ -211,13 +211,19 @@ def apply(state: RunState, rec: dict[str, Any]) -> None:
         att.outcome = rec["outcome"]
         att.category = rec.get("category")
         att.message = rec.get("message")
-        att.tokens = int(rec.get("tokens", 0))
-        att.cost_usd = float(rec.get("cost_usd", 0.0))
+        # Model calls already added their usage to the attempt (llm_call); this adds the rest.
+        extra_tokens, extra_cost = int(rec.get("tokens", 0)), float(rec.get("cost_usd", 0.0))
+        att.tokens += extra_tokens
+        att.cost_usd += extra_cost
+        if rec.get("category") == "invalid_output":
+            # Paid replies are reused by the next attempt (no paying twice) unless they are
+            # what failed: replaying known-bad replies would fail the same way for free.
+            task.calls.clear()
         att.duration_s = rec.get("duration_s")
-        task.tokens += att.tokens
-        task.cost_usd += att.cost_usd
-        state.tokens += att.tokens
-        state.cost_usd += att.cost_usd
+        task.tokens += extra_tokens
+        task.cost_usd += extra_cost
+        state.tokens += extra_tokens
+        state.cost_usd += extra_cost
         if rec.get("counts", True) and rec["outcome"] != "complete":
             task.failures += 1
         if rec["outcome"] == "complete":
@@ -314,6 +320,7 @@ def apply(state: RunState, rec: dict[str, Any]) -> None:
         task.error = {"category": "cancelled", "message": rec.get("reason", "cancelled")}
         task.ended_at = at
     elif kind == "task_reset":
+        task.calls.clear()  # a person asks for a fresh try, not a replay of paid replies
         task.status = TaskStatus.PENDING.value
         task.error = None
         task.reason = None

@@ -334,3 +334,22 @@ def test_the_bundled_example_runs_offline_with_no_key(tmp_path: Path) -> None:
     review = json.loads((run / "tasks" / "review" / "output.json").read_text())
     schema = json.loads((REPO / "skills" / "reviewer" / "assets" / "output.schema.json").read_text())
     jsonschema.validate(review["output"], schema)
+
+
+def test_a_person_retrying_invalid_output_gets_fresh_replies(proj: LLMProject) -> None:
+    # Attempt 1 exhausts its repairs on bad replies. Replaying those paid replies on a retry
+    # would fail the same way for free, so `--retry-failed` must ask the model again.
+    p = proj.pipeline({"a": {"model": "offline/x?fail=jsonx*&attempts=1"}})
+    r, rid = proj.run(p)
+    assert r.code == 1 and proj.rows(rid)["a"]["error"]["category"] == "invalid_output"
+    first = len(proj.calls(rid))
+    again = proj.cli("resume", rid, "--retry-failed")
+    assert again.code == 0, again.stderr
+    calls = proj.calls(rid)
+    assert len(calls) > first and {c["attempt"] for c in calls[first:]} == {2}
+    assert not any(f.get("cached") for f in proj.call_files(rid, "a", attempt=2))
+    state = proj.replay(rid)
+    # Usage stays with the attempt that paid it, and adds up to the task's.
+    a = state.tasks["a"]
+    assert a.attempts[0].tokens > 0 and a.attempts[1].tokens > 0
+    assert a.attempts[0].tokens + a.attempts[1].tokens == a.tokens
