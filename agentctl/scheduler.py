@@ -287,6 +287,10 @@ class Scheduler:
                 self._on_control(rec, req)
             self.commit()  # durable before the person is told
             answers.append((path, True, message))
+        # A task a person put back may still need another task that failed: skip it again
+        # now, with its reason, rather than leave it pending in a run that cannot finish it.
+        self._skip_unreachable()
+        self.commit()
         for path, ok, message in answers:
             control.answer(path, ok, message)
 
