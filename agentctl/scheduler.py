@@ -918,8 +918,8 @@ class Scheduler:
             t.status, t.error = saved, saved_err
 
     def _backoff_delay(self, failures: int) -> float:
-        first = self.defn.pipeline.defaults.backoff
-        base = min(self.opt.backoff_cap_s, first * 2 ** (failures - 1))
+        first: float = self.defn.pipeline.defaults.backoff
+        base: float = min(self.opt.backoff_cap_s, first * 2.0 ** (failures - 1))
         return base * (0.5 + self.rng.random() / 2)  # jitter: 50-100% of the step
 
     # ------------------------------------------------------------------ stopping
