@@ -62,13 +62,13 @@ def _fail(e: AgentctlError) -> NoReturn:
 
 def _console() -> Any:
     """A terminal's own width; 140 columns into a pipe or file, where 80 would fold tables."""
-    from rich.console import Console  # noqa: PLC0415
+    from rich.console import Console
 
     return Console() if sys.stdout.isatty() or os.environ.get("COLUMNS") else Console(width=140)
 
 
 def _state_dir(path: Path) -> Any:
-    from agentctl.store import StateDir  # noqa: PLC0415
+    from agentctl.store import StateDir
 
     return StateDir(path)
 
@@ -78,7 +78,7 @@ def _parse_inputs(pairs: list[str]) -> dict[str, str]:
     for p in pairs:
         key, sep, value = p.partition("=")
         if not sep or not key:
-            from agentctl.errors import UsageError  # noqa: PLC0415
+            from agentctl.errors import UsageError
 
             raise UsageError(f"-i expects KEY=VALUE, got '{p}'")
         out[key] = value
@@ -86,17 +86,17 @@ def _parse_inputs(pairs: list[str]) -> dict[str, str]:
 
 
 def _reporter(state_dir: Path | None = None) -> Any:
-    from agentctl.render import LineReporter, LiveReporter  # noqa: PLC0415
+    from agentctl.render import LineReporter, LiveReporter
 
     if sys.stdout.isatty() and not os.environ.get("AGENTCTL_PLAIN"):
-        from rich.console import Console  # noqa: PLC0415
+        from rich.console import Console
 
         return LiveReporter(Console(), _state_dir(state_dir) if state_dir else None)
     return LineReporter()
 
 
 def _registry() -> Any:
-    from agentctl.runners.base import Registry  # noqa: PLC0415
+    from agentctl.runners.base import Registry
 
     return Registry()
 
@@ -123,7 +123,7 @@ def run(
     state_dir: StateDirOpt = Path("state"),
 ) -> None:
     """Start a run: live progress on a terminal, plain lines otherwise."""
-    from agentctl import engine  # noqa: PLC0415
+    from agentctl import engine
 
     try:
         registry = _registry()
@@ -140,7 +140,7 @@ def run(
 
 def _preflight() -> Any:
     try:
-        from agentctl.runners.llm import preflight  # noqa: PLC0415
+        from agentctl.runners.llm import preflight
     except ImportError:
         return None
     return preflight
@@ -168,7 +168,7 @@ def resume(
     state_dir: StateDirOpt = Path("state"),
 ) -> None:
     """Continue a run that crashed, was interrupted, paused or ran out of budget."""
-    from agentctl import engine  # noqa: PLC0415
+    from agentctl import engine
 
     budget: dict[str, Any] = {}
     if budget_usd is not None:
@@ -194,10 +194,10 @@ def status(
     state_dir: StateDirOpt = Path("state"),
 ) -> None:
     """The runs in the state dir, or one run's tasks. Never takes the lock."""
-    import json  # noqa: PLC0415
-    import time  # noqa: PLC0415
+    import json
+    import time
 
-    from agentctl import views  # noqa: PLC0415
+    from agentctl import views
 
     sd = _state_dir(state_dir)
 
@@ -216,10 +216,9 @@ def status(
                 data = snapshot()
                 print(json.dumps(data, ensure_ascii=False), flush=True)
             return
-        from rich.console import Console  # noqa: PLC0415
-        from rich.live import Live  # noqa: PLC0415
+        from rich.live import Live
 
-        from agentctl import render  # noqa: PLC0415
+        from agentctl import render
 
         def view(d: dict[str, Any]) -> Any:
             if run_id is None:
@@ -251,10 +250,9 @@ def validate(
     state_dir: StateDirOpt = Path("state"),
 ) -> None:
     """Load and check a pipeline and its skills; print the waves."""
-    from rich.console import Console  # noqa: PLC0415
 
-    from agentctl import engine, render  # noqa: PLC0415
-    from agentctl.definitions import load_pipeline  # noqa: PLC0415
+    from agentctl import engine, render
+    from agentctl.definitions import load_pipeline
 
     del state_dir
     try:
@@ -269,7 +267,7 @@ def validate(
 
 
 def _request(state_dir: Path, run_id: str | None, req: dict[str, Any]) -> None:
-    from agentctl import engine  # noqa: PLC0415
+    from agentctl import engine
 
     try:
         message = engine.request(_state_dir(state_dir), run_id, req)
@@ -309,9 +307,9 @@ def complete(
     state_dir: StateDirOpt = Path("state"),
 ) -> None:
     """Take a task over: supply its report instead of running it."""
-    import json  # noqa: PLC0415
+    import json
 
-    from agentctl.errors import UsageError  # noqa: PLC0415
+    from agentctl.errors import UsageError
 
     try:
         report = json.loads(output.read_text(encoding="utf-8"))
@@ -350,7 +348,7 @@ def logs(
     state_dir: StateDirOpt = Path("state"),
 ) -> None:
     """A run's history from its WAL, or everything one task saw and returned. Never takes the lock."""
-    from agentctl import logs as logs_  # noqa: PLC0415
+    from agentctl import logs as logs_
 
     try:
         logs_.command(_state_dir(state_dir), run_id, task, follow_=follow, out=sys.stdout, err=_err)
@@ -368,7 +366,7 @@ def trace(
     state_dir: StateDirOpt = Path("state"),
 ) -> None:
     """From a failed run to the cause: model, skill and prompt hashes, category, exact error."""
-    from agentctl import trace as trace_  # noqa: PLC0415
+    from agentctl import trace as trace_
 
     try:
         trace_.command(_state_dir(state_dir), run_id, task, as_json=as_json, out=sys.stdout)
@@ -383,7 +381,7 @@ def report(
     state_dir: StateDirOpt = Path("state"),
 ) -> None:
     """Write one self-contained HTML file: the run's timeline, each task's packet and report."""
-    from agentctl import report_html  # noqa: PLC0415
+    from agentctl import report_html
 
     try:
         path = report_html.command(_state_dir(state_dir), run_id, output)

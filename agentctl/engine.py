@@ -154,7 +154,7 @@ def start(pipeline_path: Path, state_dir: store.StateDir, *, inputs: dict[str, s
 
 
 def _check_run_id(run_id: str) -> None:
-    import re  # noqa: PLC0415
+    import re
 
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", run_id) or ".." in run_id:
         raise UsageError(f"--run-id '{run_id}' must be letters, digits, '.', '_' and '-'")
@@ -176,8 +176,8 @@ def _write_stats(journal: store.Journal) -> None:
     ``benchmarks/bench_engine.py``; not part of the run's state."""
     path = os.environ.get("AGENTCTL_STATS_FILE")
     if path:
-        import json  # noqa: PLC0415
-        import resource  # noqa: PLC0415
+        import json
+        import resource
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         Path(path).write_text(json.dumps({"wal_fsyncs": journal.fsyncs, "wal_records": journal.seq,
@@ -220,7 +220,7 @@ def resume(state_dir: store.StateDir, run_id: str | None, *, registry: Registry,
                          + "; ".join(changes) + "); resume uses the frozen copy in "
                          + str(run.definition))
         if state.status == "complete" and not retry_failed:
-            return Outcome(run.run_id, "complete", notes + ["the run is already complete"])
+            return Outcome(run.run_id, "complete", [*notes, "the run is already complete"])
         if (state.status == "cancelled" and not retry_failed
                 and not any(t.status == "pending" for t in state.tasks.values())):
             # A person stopped it (and queued nothing since): resume would relabel it 'failed'.
@@ -338,8 +338,8 @@ def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) 
 
     With a live driver the request goes through ``control/`` and the driver logs it; with
     none we hold the lock and log it ourselves. Returns the message for the person."""
-    from agentctl import control  # noqa: PLC0415
-    from agentctl.errors import LockHeld  # noqa: PLC0415
+    from agentctl import control
+    from agentctl.errors import LockHeld
 
     # The person is whoever runs this command, not whoever runs the driver that logs it.
     req = {**req, "user": req.get("user") or control.user()}
@@ -355,7 +355,7 @@ def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) 
                              "next reads it (or by `agentctl resume`)") from None
         if not answer.get("withdrawn"):
             if not answer.get("ok"):
-                raise UsageError(str(answer.get("message")))
+                raise UsageError(str(answer.get("message"))) from None
             return str(answer.get("message"))
         # The driver ended without reading the request; we hold the lock: carry it out here.
     try:
@@ -404,7 +404,7 @@ def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) 
         try:
             journal.append(records)
             for rec in records:
-                from agentctl.state import apply  # noqa: PLC0415
+                from agentctl.state import apply
 
                 apply(state, rec)
                 if rec["type"] == "task_taken_over":

@@ -6,14 +6,12 @@ from __future__ import annotations
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
-
-from typing import TYPE_CHECKING
 
 from agentctl.planning import waves
 
@@ -184,7 +182,7 @@ class LiveReporter:
         self._last = now
         beat_age = None
         if self.state_dir is not None and state.run_id:
-            from agentctl.store import RunDir  # noqa: PLC0415
+            from agentctl.store import RunDir
 
             beat_age = RunDir(self.state_dir.runs / state.run_id).heartbeat_age
         rows = _state_rows(state, beat_age)

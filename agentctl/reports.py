@@ -23,7 +23,7 @@ def validate_report(raw: Any, output_schema: dict[str, Any] | None) -> tuple[dic
             problems.append(f"{loc}: {msg}")
         return None, problems
     if output_schema is not None and report.status == "COMPLETE":
-        import jsonschema  # noqa: PLC0415 - only when a skill declares a schema
+        import jsonschema
 
         validator = jsonschema.Draft202012Validator(output_schema)
         errors = sorted(validator.iter_errors(report.output), key=lambda e: list(e.absolute_path))

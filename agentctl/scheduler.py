@@ -260,7 +260,7 @@ class Scheduler:
         if not force and now - self._last_control < self.opt.tick_s:
             return
         self._last_control = now
-        from agentctl import control  # noqa: PLC0415
+        from agentctl import control
 
         requests = control.pending_requests(self.run)
         if not requests:
@@ -1006,7 +1006,7 @@ def _join_report(tid: str, reports: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _same_work(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
-    import json  # noqa: PLC0415
+    import json
 
     def key(r: dict[str, Any] | None) -> str:
         r = r or {}

@@ -366,7 +366,7 @@ class StateDir:
 
     def _sweep_staging(self) -> None:
         """Remove runs that never got past their start (their driver died before publish)."""
-        import shutil  # noqa: PLC0415
+        import shutil
 
         for p in self.runs.glob(".*.new"):
             lock = RunLock(RunDir(p))
@@ -411,12 +411,12 @@ class RunLock:
 
     def __init__(self, run: RunDir) -> None:
         self.run = run
-        from filelock import FileLock  # noqa: PLC0415 - status never needs it
+        from filelock import FileLock
 
         self._lock = FileLock(str(run.path / "lock"), mode=0o600)
 
     def acquire(self) -> None:
-        from filelock import Timeout  # noqa: PLC0415
+        from filelock import Timeout
 
         try:
             self._lock.acquire(timeout=0)
@@ -455,10 +455,8 @@ def write_driver_beat(run: RunDir, info: dict[str, Any] | None = None) -> None:
     if info is not None:
         write_json_atomic(run.driver_file, info)
     else:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.utime(run.driver_file)
-        except FileNotFoundError:
-            pass
 
 
 def touch(path: Path) -> None:

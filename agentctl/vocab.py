@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+
 class RunStatus(StrEnum):
     RUNNING = "running"
     COMPLETE = "complete"

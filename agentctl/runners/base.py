@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from agentctl.models import Skill, StepSpec
 
@@ -72,7 +72,7 @@ class Runner(Protocol):
 class Registry:
     """Runner name -> factory, from the ``agentctl.runners`` entry points and any passed in."""
 
-    BUILTIN = {
+    BUILTIN: ClassVar[dict[str, str]] = {
         "command": "agentctl.runners.command:CommandRunner",
         "llm": "agentctl.runners.llm:LLMRunner",
         "noop": "agentctl.runners.noop:NoopRunner",

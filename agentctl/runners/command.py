@@ -138,10 +138,8 @@ async def _stop_group(proc: asyncio.subprocess.Process, grace: float) -> None:
     pgid = proc.pid
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(TimeoutError, asyncio.CancelledError):
         await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=grace)
-    except (TimeoutError, asyncio.CancelledError):
-        pass
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
     with contextlib.suppress(TimeoutError, asyncio.CancelledError):
