@@ -62,9 +62,10 @@ def encode_record(rec: dict[str, Any]) -> bytes:
 
 def _redacted(rec: dict[str, Any]) -> dict[str, Any]:
     """The record with secrets masked (the same object when there were none)."""
-    body = _dumps(rec)
-    clean = redact.default().text(body)
-    return rec if clean == body else json.loads(clean)
+    # Masked value by value, not on the encoded line: JSON escapes a secret holding `"` or
+    # `\` so its encoded form would not match.
+    clean: dict[str, Any] = redact.default().obj(rec)
+    return clean
 
 
 def decode_record(line: bytes) -> dict[str, Any] | None:

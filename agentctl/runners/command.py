@@ -16,8 +16,9 @@ import contextlib
 import json
 import os
 import signal
+import stat
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from agentctl import redact
 from agentctl.runners.base import Attempt, Outcome
@@ -47,9 +48,11 @@ class CommandRunner:
                 start_new_session=True,
             )
         except FileNotFoundError:
-            where = f" (in {attempt.workdir})" if not attempt.workdir.is_dir() else ""
+            if not attempt.workdir.is_dir():
+                return Outcome(category="command_failed",
+                               message=f"workdir {attempt.workdir} does not exist")
             return Outcome(category="command_failed",
-                           message=f"command not found: {attempt.argv[0]}{where}")
+                           message=f"command not found: {attempt.argv[0]}")
         except PermissionError:
             return Outcome(category="command_failed",
                            message=f"permission denied: {attempt.argv[0]}")
@@ -146,6 +149,49 @@ async def _stop_group(proc: asyncio.subprocess.Process, grace: float) -> None:
         await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=grace)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _read_report_file(path: Path) -> tuple[bytes, str | None]:
+    """The agent's report file, read defensively: it is agent-made, so it may be a link to
+    /dev/zero, a FIFO nobody writes, or far too big. Never follow a link, never block, never
+    read more than the cap."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        return b"", f"cannot be read ({e.strerror}); it must be a regular file, not a link"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return b"", "is not a regular file"
+        if st.st_size > REPORT_CAP:
+            return b"", f"is {st.st_size} bytes; the limit is 16 MiB"
+        with contextlib.suppress(OSError):  # the agent wrote it with its own umask
+            os.fchmod(fd, 0o600)
+        chunks, total = [], 0
+        while total <= REPORT_CAP:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > REPORT_CAP:
+            return b"", "is larger than 16 MiB"
+        return b"".join(chunks), None
+    finally:
+        os.close(fd)
+
+
+def _mask_in_place(path: Path, raw: bytes) -> None:
+    """The report file lies in the state directory: no secret may stay in it."""
+    text = raw.decode("utf-8", "replace")
+    masked = redact.default().text(text)
+    if masked != text:
+        with contextlib.suppress(OSError):
+            write_atomic(path, masked.encode(), durable=False)
+
+
 def _tail_text(data: bytes) -> str:
     return data[-TAIL:].decode("utf-8", "replace").strip()
 
@@ -153,21 +199,23 @@ def _tail_text(data: bytes) -> str:
 def _outcome(attempt: Attempt, rc: int, stdout: bytes, stderr: bytes) -> Outcome:
     details = {"exit_code": rc}
     out_path: Path = attempt.output_path
-    if out_path.exists():
-        with contextlib.suppress(OSError):  # the agent wrote it with its own umask
-            os.chmod(out_path, 0o600)
+    if os.path.lexists(out_path):
+        raw, problem = _read_report_file(out_path)
+        if problem is not None:
+            return Outcome(category="invalid_output", retryable=True, details=details,
+                           message=f"$AGENTCTL_OUTPUT {problem}")
         try:
-            size = out_path.stat().st_size
-            if size > REPORT_CAP:
-                return Outcome(category="invalid_output", retryable=True, details=details,
-                               message=f"$AGENTCTL_OUTPUT is {size} bytes; the limit is 16 MiB")
-            report = json.loads(out_path.read_bytes())
+            report = json.loads(raw, parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError) as e:
             return Outcome(category="invalid_output", retryable=True, details=details,
                            message=f"$AGENTCTL_OUTPUT is not valid JSON: {e}")
+        except RecursionError:
+            return Outcome(category="invalid_output", retryable=True, details=details,
+                           message="$AGENTCTL_OUTPUT is nested too deeply")
         if not isinstance(report, dict):
             return Outcome(category="invalid_output", retryable=True, details=details,
                            message="$AGENTCTL_OUTPUT must hold a JSON object (the report)")
+        _mask_in_place(out_path, raw)
         return Outcome(report=report, details=details)
     if rc == 0:
         summary = _tail_text(stdout) or f"{attempt.argv[0] if attempt.argv else 'command'} exited 0"
