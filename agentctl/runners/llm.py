@@ -227,6 +227,17 @@ def _response_format(litellm: Any, spec: ModelSpec) -> dict[str, Any] | None:
     return _formats[spec.model]
 
 
+async def _loading(attempt: Attempt) -> Any:
+    """Wait for litellm's import (seconds, the first time), beating meanwhile: a slow import
+    is not a hung agent."""
+    task = asyncio.ensure_future(asyncio.to_thread(load))
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.25)
+        attempt.beat()
+        if done:
+            return task.result()
+
+
 # --------------------------------------------------------------------------- preflight
 
 
@@ -236,11 +247,12 @@ def preflight(defn: Any, model_override: str | None = None) -> None:
     has llm tasks, and never imports it when it has none."""
     problems: dict[str, list[str]] = {}  # task -> its problems, in task order
     chains: dict[str, list[ModelSpec]] = {}
-    for tid in defn.pipeline.tasks:
-        if defn.runner_of(tid) != "llm":
+    for task_id, role, step in defn.steps():  # loops' makers and checkers too
+        if defn.runner_for(step) != "llm":
             continue
+        tid = f"{task_id}.loop.{role}" if role else task_id
         problems[tid] = []
-        m = defn.model_of(tid, model_override)
+        m = defn.model_for(step, model_override)
         if m is None:
             problems[tid].append("no model for this llm task: set `model:` on it or "
                                  "`defaults.model`, or pass --model")
@@ -288,7 +300,7 @@ class LLMRunner:
     max_repairs = 2
 
     async def run(self, attempt: Attempt) -> Outcome:
-        litellm = _litellm if _litellm is not None else await asyncio.to_thread(load)
+        litellm = _litellm if _litellm is not None else await _loading(attempt)
         conv = _Conversation(attempt, litellm, self.max_repairs)
         try:
             report = await conv.run()
