@@ -269,18 +269,18 @@ def waiting_notes(state: RunState) -> list[str]:
     return out
 
 
-def _kill_run_processes(run: store.RunDir) -> int:
+def _kill_run_processes(run: store.RunDir) -> set[int]:
     """Every agent process group of this run still alive: orphans of a dead driver (called
     with the run's lock held, so no live driver owns them). Found by their environment, which
     also covers an agent whose pid file was never written: AGENTCTL_INPUT is a path inside
     this run's directory (run ids alone repeat across state directories)."""
     prefix = f"AGENTCTL_INPUT={run.path.absolute()}/".encode()
     me = os.getpid()
-    killed = 0
+    killed: set[int] = set()
     try:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
-        return 0
+        return killed
     for pid in pids:
         if pid == me:
             continue
@@ -291,7 +291,7 @@ def _kill_run_processes(run: store.RunDir) -> int:
             if os.getpgid(pid) != pid:
                 continue  # not a group leader: its leader's group is stopped instead
             os.killpg(pid, signal.SIGKILL)
-            killed += 1
+            killed.add(pid)
         except (OSError, ProcessLookupError):
             continue
     return killed
@@ -309,9 +309,10 @@ def _regenerate_outputs(run: store.RunDir, state: RunState) -> None:
 
 def _kill_orphans(run: store.RunDir, state: RunState, only: str | None = None) -> int:
     """Agents of in-flight attempts may outlive a SIGKILLed driver (they lead their own
-    process groups). Stop them (or only task ``only``'s), after checking /proc that the pid
-    is still that agent."""
-    killed = _kill_run_processes(run)
+    process groups). Stop them, after checking /proc that each pid is still that agent; the
+    count is of process groups, each once. (``only`` narrows the pid-file pass; the /proc
+    sweep stops every orphan of the run, since no live driver owns any of them.)"""
+    groups = _kill_run_processes(run)
     for t in state.in_flight():
         if only is not None and t.id != only:
             continue
@@ -326,11 +327,11 @@ def _kill_orphans(run: store.RunDir, state: RunState, only: str | None = None) -
             environ = set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
         except OSError:
             continue
-        if marks <= environ:
+        if marks <= environ and pid not in groups:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-                killed += 1
-    return killed
+                groups.add(pid)
+    return len(groups)
 
 
 def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) -> str:
