@@ -50,20 +50,21 @@ def _strongly_connected(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
     for root in graph:
         if root in index:
             continue
-        work: list[tuple[str, int]] = [(root, 0)]
+        # Each frame keeps its task's needs: listing them again at every return to the task
+        # cost O(needs^2) per task (0.5 s for 10 waves of 100 tasks that need the wave before).
+        work: list[tuple[str, int, list[str]]] = [(root, 0, _deps(graph, root))]
         while work:
-            node, i = work[-1]
+            node, i, deps = work[-1]
             if i == 0:
                 index[node] = low[node] = counter
                 counter += 1
                 stack.append(node)
                 on_stack.add(node)
-            deps = _deps(graph, node)
             if i < len(deps):
-                work[-1] = (node, i + 1)
+                work[-1] = (node, i + 1, deps)
                 nxt = deps[i]
                 if nxt not in index:
-                    work.append((nxt, 0))
+                    work.append((nxt, 0, _deps(graph, nxt)))
                 elif nxt in on_stack:
                     low[node] = min(low[node], index[nxt])
                 continue
