@@ -393,18 +393,49 @@ def report(
     print(path)
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """click's UsageError: typer carries its own copy of click (typer._click), older typer
+    versions use click itself."""
+    import importlib
+
+    found: list[type[Exception]] = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(name).UsageError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
 def main() -> None:
     try:
-        app(standalone_mode=True)
-    except KeyboardInterrupt:
+        rv = app(standalone_mode=False)
+    except _usage_errors() as e:  # bad options or arguments: one line, like every error
+        if type(e).__name__ == "NoArgsIsHelpError":
+            sys.exit(2)  # the help was printed
+        ctx = getattr(e, "ctx", None)
+        where = f" (see 'agentctl {ctx.info_name} --help')" if ctx and ctx.parent else ""
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        _err(f"agentctl: error: {message}{where}")
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         _err("agentctl: interrupted")
         sys.exit(130)
+    except OSError as e:  # the state dir is a file, unwritable, on a full disk...
+        if os.environ.get("AGENTCTL_DEBUG"):
+            raise
+        what = f"{e.strerror or e}: {e.filename}" if e.filename else str(e.strerror or e)
+        _err(f"agentctl: error: {what}")
+        sys.exit(3)
     except Exception as e:  # a bug of ours: one line, the traceback on request
         if os.environ.get("AGENTCTL_DEBUG"):
             raise
         _err(f"agentctl: internal error: {type(e).__name__}: {e} "
              "(set AGENTCTL_DEBUG=1 for the traceback)")
         sys.exit(70)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":
