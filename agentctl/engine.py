@@ -41,10 +41,13 @@ def resolve_inputs(defn: Definition, given: dict[str, str]) -> dict[str, Any]:
     for name, spec in declared.items():
         if name in given:
             out[name] = given[name]
-        elif spec.default is not None or not spec.required:
+        elif spec.default is not None and spec.required is not True:
             out[name] = spec.default
+        elif spec.required is False:
+            out[name] = ""  # optional with no default: empty, never the text "null"
         else:
-            raise UsageError(f"input '{name}' is required: pass -i {name}=VALUE")
+            raise UsageError(f"input '{name}' is required (it has no default): pass "
+                             f"-i {name}=VALUE")
     return out
 
 
@@ -258,6 +261,9 @@ def resume(state_dir: store.StateDir, run_id: str | None, *, registry: Registry,
 def waiting_notes(state: RunState) -> list[str]:
     """What a person must do for a paused run, one line per task."""
     out = []
+    if state.status == "budget_exceeded":
+        out.append(f"{state.reason or 'the budget is spent'}; to go on, raise it: agentctl "
+                   f"resume {state.run_id} --budget-usd X (or --budget-tokens N)")
     for t in state.tasks.values():
         if t.status == "waiting_approval":
             out.append(f"task '{t.id}' waits for approval: agentctl approve {state.run_id} {t.id}"

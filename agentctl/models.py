@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from agentctl.vocab import CATEGORIES, SETTLED, Effects, RunStatus, TaskStatus  # noqa: F401
 
@@ -40,6 +40,16 @@ def parse_duration(value: Any) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def _positive(value: float | None) -> float | None:
+    if value is not None and value <= 0:
+        raise ValueError("must be more than zero (e.g. 30s, 5m)")
+    return value
+
+
+# A timeout or a heartbeat of zero would fail every attempt at once, or switch staleness off.
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+
+
 def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
@@ -65,14 +75,14 @@ class Limits(_Strict):
 class InputSpec(_Strict):
     default: Any = None
     description: str | None = None
-    required: bool = False
+    required: bool | None = None  # unset: required exactly when there is no default
 
 
 class Defaults(_Strict):
     model: str | None = None
-    timeout: Duration = 300.0
+    timeout: PositiveDuration = 300.0
     retries: int = Field(default=2, ge=0, le=100)
-    heartbeat: Duration | None = None
+    heartbeat: PositiveDuration | None = None
     effects: Effects | None = None
     env: dict[str, str] = Field(default_factory=dict)
     backoff: Duration = 1.0  # first retry delay; doubles per retry, with jitter
@@ -87,9 +97,9 @@ class StepSpec(_Strict):
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
     model: str | None = None
     effects: Effects | None = None
-    timeout: Duration | None = None
+    timeout: PositiveDuration | None = None
     retries: int | None = Field(default=None, ge=0, le=100)
-    heartbeat: Duration | None = None
+    heartbeat: PositiveDuration | None = None
     workdir: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
 

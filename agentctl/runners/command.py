@@ -160,10 +160,12 @@ def _read_report_file(path: Path) -> tuple[bytes, str | None]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
+        _discard(path)
         return b"", f"cannot be read ({e.strerror}); it must be a regular file, not a link"
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
+            _discard(path)
             return b"", "is not a regular file"
         if st.st_size > REPORT_CAP:
             return b"", f"is {st.st_size} bytes; the limit is 16 MiB"
@@ -181,6 +183,13 @@ def _read_report_file(path: Path) -> tuple[bytes, str | None]:
         return b"".join(chunks), None
     finally:
         os.close(fd)
+
+
+def _discard(path: Path) -> None:
+    """A link or a FIFO in the state directory would hang or mislead whoever reads the run's
+    files later (logs, backups): it is not data, so it goes."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _mask_in_place(path: Path, raw: bytes) -> None:

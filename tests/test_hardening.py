@@ -1,0 +1,96 @@
+"""What an adversarial review found, kept found: hostile report files, secrets that JSON
+escapes, usage errors, unusable state dirs, inputs with no default, zero durations."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import Project, check_run_files
+
+
+def sh(script: str) -> list[str]:
+    return ["sh", "-c", script]
+
+
+def test_a_hostile_report_file_is_invalid_output_and_the_driver_lives_on(project: Project) -> None:
+    # A link to /dev/zero would be read for ever (the driver OOMs); a FIFO would block the
+    # event loop (no timeout, no heartbeat, no Ctrl-C). Both must be plain invalid_output.
+    project.pipeline({
+        "zero": {"command": sh('ln -s /dev/zero "$AGENTCTL_OUTPUT"')},
+        "fifo": {"command": sh('mkfifo "$AGENTCTL_OUTPUT"')},
+        "nan": {"command": sh('printf \'{"status":"COMPLETE","summary":"x","output":NaN}\' > "$AGENTCTL_OUTPUT"')},
+        "fine": {"command": sh("echo fine"), "needs": ["zero", "fifo", "nan"]},
+        "other": {"command": sh("echo other")},
+    }, defaults={"timeout": "30s"})
+    r = project.cli("run", "p.yaml", "--run-id", "r1")
+    assert r.returncode == 1, r.stderr
+    rows = {t["id"]: t for t in project.status("r1")["tasks"]}
+    for tid, words in (("zero", "not a link"), ("fifo", "not a regular file"), ("nan", "NaN")):
+        assert rows[tid]["error"]["category"] == "invalid_output", rows[tid]
+        assert words in rows[tid]["error"]["message"]
+    assert rows["other"]["status"] == "complete"
+    assert rows["fine"]["status"] == "skipped"
+    check_run_files(project.run_dir("r1"))
+
+
+def test_secrets_that_json_escapes_are_masked_everywhere(project: Project) -> None:
+    secret = 'pa"ss\\wordQQ99'
+    key = "sk-test-abcdef1234567890SECRETVALUE"
+    project.pipeline({
+        "leak": {"command": sh('echo "pw=$DB_PASSWORD" >&2; exit 1')},
+        "report": {"command": sh('printf \'{"status":"COMPLETE","summary":"key %s"}\' "$OPENAI_API_KEY" > "$AGENTCTL_OUTPUT"')},
+    })
+    r = project.cli("run", "p.yaml", "--run-id", "r1",
+                    extra_env={"DB_PASSWORD": secret, "OPENAI_API_KEY": key})
+    assert r.returncode == 1
+    assert "wordQQ99" not in r.stdout + r.stderr and "SECRETVALUE" not in r.stdout + r.stderr
+    for dirpath, _dirs, files in os.walk(project.run_dir("r1").path):
+        for name in files:
+            data = Path(dirpath, name).read_bytes()
+            assert b"wordQQ99" not in data and b"SECRETVALUE" not in data, name
+
+
+def test_usage_errors_are_one_line(project: Project) -> None:
+    project.pipeline({"a": {"command": sh("true")}})
+    for args, words in ((("run", "p.yaml", "--concurrency", "0"), "--concurrency"),
+                        (("reject", "r1", "a"), "--reason"),
+                        (("nosuch",), "No such command")):
+        r = project.cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("agentctl: error:") and words in lines[0]
+
+
+def test_a_state_dir_that_is_a_file_is_one_line_exit_3(project: Project) -> None:
+    project.pipeline({"a": {"command": sh("true")}})
+    bad = project.root / "afile"
+    bad.write_text("x")
+    for args in (("run", "p.yaml"), ("status",), ("status", "--json")):
+        r = subprocess.run([sys.executable, "-m", "agentctl", *args, "--state-dir", str(bad)],
+                           cwd=project.root, env=project.env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 3, (args, r.stderr)
+        assert r.stderr.count("\n") == 1 and "Not a directory" in r.stderr
+        assert "internal error" not in r.stderr
+
+
+def test_an_input_with_no_default_is_required(project: Project) -> None:
+    p = project.pipeline({"a": {"command": ["echo", "${{ inputs.x }}"]}})
+    p.write_text(p.read_text().replace("name: t\n", "name: t\ninputs:\n  x: {}\n", 1))
+    r = project.cli("run", "p.yaml")
+    assert r.returncode == 2 and "input 'x' is required" in r.stderr
+    assert not (project.state / "runs").exists() or not any((project.state / "runs").iterdir())
+    ok = project.cli("run", "p.yaml", "-i", "x=hello", "--run-id", "r1")
+    assert ok.returncode == 0, ok.stderr
+    assert "hello" in project.status("r1")["tasks"][0]["id"] or project.replay("r1").tasks["a"].report
+
+
+def test_zero_durations_are_refused(project: Project) -> None:
+    p = project.pipeline({"a": {"command": sh("true"), "timeout": "0s", "heartbeat": 0}})
+    r = project.cli("validate", str(p))
+    assert r.returncode == 2
+    assert "tasks.a.timeout: must be more than zero" in r.stderr
+    assert "tasks.a.heartbeat: must be more than zero" in r.stderr
