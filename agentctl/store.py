@@ -112,8 +112,10 @@ def write_atomic(path: Path, data: bytes, *, durable: bool) -> None:
         fsync_dir(path.parent)
 
 
-def write_json_atomic(path: Path, obj: Any, *, durable: bool = False) -> None:
-    write_atomic(path, (json.dumps(obj, ensure_ascii=False, indent=2) + "\n").encode(), durable=durable)
+def write_json_atomic(path: Path, obj: Any, *, durable: bool = False, compact: bool = False) -> None:
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":")) if compact else \
+        json.dumps(obj, ensure_ascii=False, indent=2)
+    write_atomic(path, (text + "\n").encode(), durable=durable)
 
 
 def makedirs(path: Path) -> None:
