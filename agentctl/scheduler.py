@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import random
 import signal
@@ -117,6 +118,7 @@ class Scheduler:
         self._backoff: dict[str, float] = {}
         self._interrupt: str | None = None
         self._budget_stop: str | None = None
+        self._expressions: dict[int, bool] = {}
         self._group: asyncio.Future[None] | None = None  # a pending group commit
         self._last_control = -1.0
         self._last_snapshot = 0.0
@@ -160,11 +162,12 @@ class Scheduler:
             report = self.state.tasks[tid].report
             if report is not None:
                 path = self.run.task_dir(tid) / "output.json"
+                data = (json.dumps(report, ensure_ascii=False, indent=2) + "\n").encode()
                 try:
-                    write_json_atomic(path, report)
-                except FileNotFoundError:  # a group task has no directory until now
+                    write_atomic(path, data, durable=False)
+                except FileNotFoundError:  # no directory yet (a group, an in-process task)
                     makedirs(path.parent)
-                    write_json_atomic(path, report)
+                    write_atomic(path, data, durable=False)
         self._outputs.clear()
 
     def snapshot(self, *, force: bool = False) -> None:
@@ -176,7 +179,8 @@ class Scheduler:
         data = self.state.to_dict()
         data["wal_seq"] = self.journal.seq
         data["wal_offset"] = self.journal.offset()
-        write_json_atomic(self.run.snapshot, data, durable=True)
+        # Compact (the C encoder): indent=2 would triple its cost on a big run; `jq .` reads it.
+        write_json_atomic(self.run.snapshot, data, durable=True, compact=True)
         # run.json is derived (the WAL is the truth) and costs O(tasks) to write: a big run
         # would spend a third of its time on it at one a second. Keep it under ~10%.
         self._snapshot_gap = max(self.opt.snapshot_every_s, 10 * (time.perf_counter() - began))
@@ -690,7 +694,9 @@ class Scheduler:
 
     def _attempt(self, t: TaskState, n: int) -> Attempt:
         spec = self._spec(t.id)
-        ctx = self._context(t.id)
+        # Building the expression context costs O(needs); most tasks have no expression.
+        plain = t.role not in ("maker", "checker") and not self._has_expression(spec)
+        ctx = {} if plain else self._context(t.id)
         with_ = expr.render(spec.with_, ctx)
         argv = [expr.render_str(a, ctx) for a in spec.command] if spec.command else None
         env_extra = {k: expr.render_str(v, ctx) for k, v in {**self.defn.pipeline.defaults.env, **spec.env}.items()}
@@ -809,6 +815,14 @@ class Scheduler:
                 pending.exception()  # retrieved: the callers that wait get it too
                 raise
             pending.set_result(None)
+
+    def _has_expression(self, spec: StepSpec) -> bool:
+        key = id(spec)  # specs live as long as the definition this scheduler holds
+        if key not in self._expressions:
+            text = json.dumps([spec.with_, spec.command, spec.env,
+                               self.defn.pipeline.defaults.env], default=str)
+            self._expressions[key] = "${{" in text
+        return self._expressions[key]
 
     def _runner(self, name: str) -> object | None:
         try:
