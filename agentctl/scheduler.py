@@ -36,9 +36,11 @@ from agentctl.reports import validate_report
 from agentctl.runners.base import Attempt, Outcome, Registry
 from agentctl.state import RunState, TaskState, apply
 from agentctl.store import Journal, RunDir, makedirs, touch, write_atomic, write_json_atomic
-from agentctl.vocab import Effects, TaskStatus
+from agentctl.vocab import SETTLED, Effects, TaskStatus
 
 PARKED = frozenset({TaskStatus.WAITING_APPROVAL.value, TaskStatus.NEEDS_REVIEW.value})
+_PENDING, _COMPLETE = TaskStatus.PENDING.value, TaskStatus.COMPLETE.value
+_SETTLED_OR_PARKED = frozenset({str(x.value) for x in SETTLED}) | PARKED
 
 
 class Reporter(Protocol):
@@ -324,19 +326,21 @@ class Scheduler:
         tasks = self.state.tasks
         # Waves in order: a task may start once every task of the waves before it is settled
         # (or parked for a person, so that other branches go on).
+        # Plain strings, not enum lookups: this scan runs once per pass over every task.
+        done_or_parked = _SETTLED_OR_PARKED
         barrier = None
         for t in tasks.values():
-            if not (t.settled or t.status in PARKED):
+            if t.status not in done_or_parked:
                 barrier = t.wave if barrier is None else min(barrier, t.wave)
         out: list[str] = []
         for t in tasks.values():
             if len(out) >= free:
                 break
-            if t.status != TaskStatus.PENDING.value or t.wave != barrier:
+            if t.status != _PENDING or t.wave != barrier:
                 continue
             if self._backoff.get(t.id, 0.0) > now:
                 continue
-            if all(tasks[n].status == TaskStatus.COMPLETE.value for n in t.needs):
+            if all(tasks[n].status == _COMPLETE for n in t.needs):
                 top = self._top(t.id)
                 if top is not None and top.when and self._condition(t, top):
                     continue  # skipped by its condition (or the condition failed)

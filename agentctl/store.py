@@ -372,6 +372,13 @@ class StateDir:
         import shutil
 
         for p in self.runs.glob(".*.new"):
+            try:
+                # A driver starting right now has made its directory but may not hold its
+                # lock yet: only a staging dir left for a minute is a dead driver's.
+                if time.time() - p.stat().st_mtime < 60:
+                    continue
+            except OSError:
+                continue
             lock = RunLock(RunDir(p))
             try:
                 lock.acquire()

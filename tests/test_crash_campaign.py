@@ -189,7 +189,9 @@ def campaign_run(project: Project, run_id: str, rng: random.Random, figures: Fig
         if len(figures.kills) % 6 == 0:
             # `status` agrees with the log, without the lock, on a crashed run.
             data = project.status(run_id)
-            assert data["status"] == "crashed", data
+            # A kill can land after the driver logged the run's end, just before it exited.
+            logged = replay(store.scan_wal(project.run_dir(run_id).wal).records).status
+            assert data["status"] == ("crashed" if logged == "running" else logged), data
             assert data["totals"]["complete"] == len(kill.complete)
         args = ("resume", run_id)
 

@@ -94,3 +94,19 @@ def test_zero_durations_are_refused(project: Project) -> None:
     assert r.returncode == 2
     assert "tasks.a.timeout: must be more than zero" in r.stderr
     assert "tasks.a.heartbeat: must be more than zero" in r.stderr
+
+
+def test_starting_a_run_sweeps_only_staging_dirs_left_by_dead_drivers(project: Project) -> None:
+    # A driver that is starting has made its hidden staging dir a moment before it locks it:
+    # another `run` must not take that for a dead driver's leftovers.
+    project.pipeline({"a": {"command": sh("true")}})
+    runs = project.state / "runs"
+    runs.mkdir(parents=True)
+    starting, dead = runs / ".x.aaaaaa.new", runs / ".y.bbbbbb.new"
+    for d in (starting, dead):
+        (d / "definition").mkdir(parents=True)
+    os.utime(dead, (os.stat(dead).st_atime, os.stat(dead).st_mtime - 600))
+    r = project.cli("run", "p.yaml", "--run-id", "r1")
+    assert r.returncode == 0, r.stderr
+    assert starting.exists() and not dead.exists()
+    assert [x["run_id"] for x in project.status()["runs"]] == ["r1"]
