@@ -207,13 +207,3 @@ def answer(path: Path, ok: bool, message: str) -> None:
 
 def withdraw(path: Path) -> None:
     path.unlink(missing_ok=True)
-
-
-def is_held(run: store.RunDir) -> bool:
-    lock = store.RunLock(run)
-    try:
-        lock.acquire()
-    except LockHeld:
-        return True
-    lock.release()
-    return False

@@ -198,13 +198,9 @@ def resume(state_dir: store.StateDir, run_id: str | None, *, registry: Registry,
         # Name ourselves at once: a driver that loses the race for the lock reads this file
         # to say who holds the run, and must not name the dead driver we are replacing.
         store.write_json_atomic(run.driver_file, store.driver_identity("resume"))
-        scan = store.scan_wal(run.wal)
+        scan = store.cut_torn_tail(run.wal)
         notes: list[str] = []
         if scan.torn_bytes:
-            with open(run.wal, "r+b") as f:
-                f.truncate(scan.good_bytes)
-                f.flush()
-                os.fsync(f.fileno())
             notes.append(f"cut a torn record ({scan.torn_bytes} bytes) off the end of the log")
         if not scan.records or scan.records[0].get("type") != "run_started":
             raise StateError(f"{run.wal}: the log does not start with a run_started record")
@@ -366,11 +362,7 @@ def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) 
             return str(answer.get("message"))
         # The driver ended without reading the request; we hold the lock: carry it out here.
     try:
-        scan = store.scan_wal(run.wal)
-        if scan.torn_bytes:
-            with open(run.wal, "r+b") as f:
-                f.truncate(scan.good_bytes)
-                os.fsync(f.fileno())
+        scan = store.cut_torn_tail(run.wal)
         state = replay(scan.records)
         defn = load_frozen(run)
         schemas = {}  # a person's report is validated like the agent's: instances too

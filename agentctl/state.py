@@ -137,16 +137,6 @@ class RunState:
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)  # type: ignore[no-any-return]
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunState:
-        tasks = {}
-        for tid, t in d.get("tasks", {}).items():
-            t = dict(t)
-            t["attempts"] = [Attempt(**a) for a in t.get("attempts", [])]
-            tasks[tid] = TaskState(**t)
-        fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "tasks"}
-        return cls(tasks=tasks, **fields)
-
 
 def apply(state: RunState, rec: dict[str, Any]) -> None:
     kind = rec["type"]

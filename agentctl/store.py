@@ -182,6 +182,16 @@ def scan_wal(path: Path, *, start: int = 0, start_seq: int = 0) -> WalScan:
     return WalScan(records, start + good_end, len(data) - good_end)
 
 
+def cut_torn_tail(path: Path) -> WalScan:
+    """Read the WAL and cut off a torn last record, durably. For the lock holder only."""
+    scan = scan_wal(path)
+    if scan.torn_bytes:
+        with open(path, "r+b") as f:
+            f.truncate(scan.good_bytes)
+            os.fsync(f.fileno())
+    return scan
+
+
 class RunDir:
     """The directory of one run and the files in it. Reading needs no lock."""
 
@@ -227,13 +237,6 @@ class RunDir:
         return self.wal.exists()
 
     # reading
-    def read_snapshot(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self.snapshot.read_bytes())
-        except (FileNotFoundError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
-
     def read_driver(self) -> tuple[dict[str, Any] | None, float | None]:
         """The driver's identity and its heartbeat age in seconds (wall clock)."""
         try:
@@ -459,14 +462,6 @@ def clean_temp_files(root: Path) -> int:
                     os.unlink(os.path.join(dirpath, name))
                     removed += 1
     return removed
-
-
-def write_driver_beat(run: RunDir, info: dict[str, Any] | None = None) -> None:
-    if info is not None:
-        write_json_atomic(run.driver_file, info)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(run.driver_file)
 
 
 def touch(path: Path) -> None:
