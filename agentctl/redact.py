@@ -7,6 +7,7 @@ reached a process some other way is still caught.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -25,6 +26,9 @@ PATTERNS = [
     r"hf_[A-Za-z0-9]{20,}",                     # Hugging Face
     r"(?<=[Bb]earer )[A-Za-z0-9._~+/=\-]{12,}",
 ]
+# Text that every match of a pattern above contains: a line holding none of them (and no
+# secret value) cannot match, which a substring search tells ~20x faster than the regex.
+PATTERN_HINTS = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "AKIA", "AIza", "hf_", "earer ")
 
 
 class Redactor:
@@ -32,6 +36,14 @@ class Redactor:
         vals = sorted({v for v in values if len(v) >= MIN_SECRET_LEN}, key=len, reverse=True)
         alts = [re.escape(v) for v in vals] + PATTERNS
         self._re = re.compile("|".join(f"(?:{a})" for a in alts))
+        # In JSON text a value holding `"`, `\\` or a control character appears escaped
+        # (and, from an ASCII-only encoder, with \\uXXXX for the rest): match those forms too.
+        forms = {f for v in vals for f in (v, json.dumps(v, ensure_ascii=False)[1:-1],
+                                           json.dumps(v)[1:-1])}
+        self._json_forms = tuple(sorted(forms, key=len, reverse=True))
+        self._json_re = re.compile("|".join(f"(?:{a})" for a in
+                                            [re.escape(f) for f in self._json_forms] + PATTERNS))
+        self._hints = self._json_forms + PATTERN_HINTS
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> Redactor:
@@ -40,6 +52,15 @@ class Redactor:
 
     def text(self, s: str) -> str:
         return self._re.sub(MASK, s)
+
+    def json_text(self, s: str) -> str:
+        """Secrets masked in JSON text (a WAL line, a JSON file), in one pass over the text
+        rather than a walk of the object: the mask replaces characters inside a string and
+        never a quote or a backslash (no pattern matches one), so the text stays valid JSON.
+        Returns ``s`` itself when there is nothing to mask."""
+        if not any(h in s for h in self._hints):
+            return s
+        return self._json_re.sub(MASK, s)
 
     def obj(self, value: Any) -> Any:
         if isinstance(value, str):

@@ -56,16 +56,28 @@ def _crc(body: str) -> str:
 
 
 def encode_record(rec: dict[str, Any]) -> bytes:
-    body = _dumps(rec)
+    return _line(_dumps(rec))
+
+
+def _line(body: str) -> bytes:
+    """A WAL line: the record's compact JSON with its checksum as the last member."""
     return (body[:-1] + f',"crc":"{_crc(body)}"}}\n').encode()
 
 
-def _redacted(rec: dict[str, Any]) -> dict[str, Any]:
-    """The record with secrets masked (the same object when there were none)."""
-    # Masked value by value, not on the encoded line: JSON escapes a secret holding `"` or
-    # `\` so its encoded form would not match.
-    clean: dict[str, Any] = redact.default().obj(rec)
-    return clean
+def _encode_clean(rec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The record's compact JSON with secrets masked, and the record as written (the same
+    object when there was nothing to mask). One pass over the encoded text finds secrets
+    (their JSON-escaped forms included); the rare record that holds one is masked again
+    value by value should the text pass have cut into an escape sequence."""
+    body = _dumps(rec)
+    clean = redact.default().json_text(body)
+    if clean is body:
+        return body, rec
+    try:
+        masked: dict[str, Any] = json.loads(clean)
+    except ValueError:
+        masked = redact.default().obj(rec)
+    return _dumps(masked), masked
 
 
 def decode_record(line: bytes) -> dict[str, Any] | None:
@@ -287,10 +299,10 @@ class Journal:
         chunks = []
         for rec in records:
             self.seq += 1
-            full = _redacted({"seq": self.seq, "at": rec.pop("at", None) or now_iso(), **rec})
+            body, full = _encode_clean({"seq": self.seq, "at": rec.pop("at", None) or now_iso(), **rec})
             rec.clear()
             rec.update(full)
-            chunks.append(encode_record(full))
+            chunks.append(_line(body))
         data = b"".join(chunks)
         view = memoryview(data)
         while view:

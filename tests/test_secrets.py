@@ -75,3 +75,35 @@ def test_planted_secrets_appear_nowhere(project: Project, server: FakeOpenAI, tm
     for needle in (KEY, TOKEN, KEY[10:26]):
         leaks = [name for name, data in texts.items() if needle.encode() in data]
         assert not leaks, f"{needle[:12]}... leaked into {leaks}"
+
+
+@pytest.mark.parametrize("secret, said, masked", [
+    ('pa"ss\\word-1234', 'the password is pa"ss\\word-1234, said the agent', True),  # JSON escapes it
+    ("ünïcode-secret", "key=ünïcode-secret", True),
+    # The text holds a newline then "abcdefgh": in JSON, `\nabcdefgh` contains the secret's
+    # letters, but the value does not. Masking the text would cut the escape in two.
+    ("nabcdefgh", "line one\nabcdefgh", False),
+])
+def test_wal_lines_mask_secrets_in_their_json_form(tmp_path: Path, secret: str, said: str,
+                                                   masked: bool) -> None:
+    """The WAL masks secrets on the encoded line; a secret that JSON escapes still matches,
+    and a match that cuts an escape sequence in two falls back to masking value by value:
+    every line stays a valid, checksummed record, and the caller's record is what was written."""
+    from agentctl import redact, store
+
+    redact._default = redact.Redactor([secret])
+    try:
+        journal = store.Journal(store.RunDir(tmp_path), next_seq=1)
+        rec = {"type": "attempt_ended", "task": "t", "message": said, "report": {"summary": said}}
+        journal.append([rec])
+        journal.close()
+    finally:
+        redact.reset()
+    (back,) = store.scan_wal(tmp_path / "wal.jsonl").records
+    assert back == rec
+    if masked:
+        assert back["message"] == said.replace(secret, redact.MASK)
+        assert back["report"]["summary"] == back["message"]
+        assert secret.encode() not in (tmp_path / "wal.jsonl").read_bytes()
+    else:
+        assert back["message"] == said
