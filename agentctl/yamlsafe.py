@@ -10,40 +10,125 @@ Promises:
 - a key is the text its author wrote (``on:`` stays ``"on"``, ``1:`` is ``"1"``), and a date
   stays the string it was written as, so every value is plain JSON data;
 - every failure is a ``YamlError`` with a 1-based position where one is known.
+
+With libyaml, a document is built in one pass over the parser's events, and positions are
+found only when a message asks for one (see ``Located``): a 650 KB pipeline loads in about
+the time libyaml takes to parse it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import yaml
+from yaml.events import (
+    AliasEvent,
+    DocumentStartEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 64
 
 Path_ = tuple[str | int, ...]
 
+STR_TAG = "tag:yaml.org,2002:str"
+TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
-@dataclass
+
 class Located:
-    """The data of a YAML document and a map from each value's path to its position."""
+    """The data of a YAML document, and where each of its keys and values was written.
 
-    data: Any
-    positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
-    key_positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    Positions come from the document's node tree. When the data was built straight from
+    libyaml's events, that tree is composed the first time a position is asked for (only a
+    diagnostic needs one), so loading a file without mistakes never pays for it.
+    """
 
-    def where(self, path: Path_) -> tuple[int, int] | None:
+    def __init__(self, data: Any = None, *, root: yaml.Node | None = None,
+                 text: str | None = None) -> None:
+        self.data = data
+        self._root = root
+        self._text = text  # what to compose the tree from, when it is first needed
+        self._keys: dict[int, dict[str, tuple[yaml.Node, yaml.Node]]] = {}
+
+    def where(self, path: Sequence[str | int]) -> tuple[int, int] | None:
         """The position of the value at ``path``, or of its nearest located ancestor."""
-        p = tuple(path)
-        while p:
-            if p in self.positions:
-                return self.positions[p]
-            p = p[:-1]
-        return self.positions.get((), None)
+        node, _, _ = self._walk(path)
+        return _pos(node) if node is not None else None
 
-    def where_key(self, path: Path_) -> tuple[int, int] | None:
-        return self.key_positions.get(tuple(path)) or self.where(path)
+    def where_key(self, path: Sequence[str | int]) -> tuple[int, int] | None:
+        """The position of the key that ends ``path``, or else as ``where``."""
+        node, walked, key_node = self._walk(path)
+        if key_node is not None and walked == len(path):
+            return _pos(key_node)
+        return _pos(node) if node is not None else None
+
+    @property
+    def positions(self) -> dict[Path_, tuple[int, int]]:
+        """Every value's position, by path (``()`` is the document)."""
+        return self._all()[0]
+
+    @property
+    def key_positions(self) -> dict[Path_, tuple[int, int]]:
+        """Every mapping key's position, by the path of its value."""
+        return self._all()[1]
+
+    def _tree(self) -> yaml.Node | None:
+        if self._root is None and self._text is not None:
+            text, self._text = self._text, None
+            self._root = _compose(text)
+        return self._root
+
+    def _mapping(self, node: MappingNode) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        # A key of a loaded document is a scalar, and its text is its key (see _build).
+        index = self._keys.get(id(node))
+        if index is None:
+            index = self._keys[id(node)] = {k.value: (k, v) for k, v in node.value}
+        return index
+
+    def _walk(self, path: Sequence[str | int]) -> tuple[yaml.Node | None, int, yaml.Node | None]:
+        """The deepest node along ``path``, how many parts of it led there, and the key node
+        of the last part when that part was a mapping key."""
+        node = self._tree()
+        key_node: yaml.Node | None = None
+        if node is None:
+            return None, 0, None
+        for walked, part in enumerate(path):
+            if isinstance(node, MappingNode) and isinstance(part, str):
+                pair = self._mapping(node).get(part)
+                if pair is None:
+                    return node, walked, key_node
+                key_node, node = pair
+            elif (isinstance(node, SequenceNode) and type(part) is int
+                  and 0 <= part < len(node.value)):
+                key_node, node = None, node.value[part]
+            else:
+                return node, walked, key_node
+        return node, len(path), key_node
+
+    def _all(self) -> tuple[dict[Path_, tuple[int, int]], dict[Path_, tuple[int, int]]]:
+        values: dict[Path_, tuple[int, int]] = {}
+        keys: dict[Path_, tuple[int, int]] = {}
+        root = self._tree()
+        todo: list[tuple[Path_, yaml.Node]] = [((), root)] if root is not None else []
+        while todo:
+            path, node = todo.pop()
+            values[path] = _pos(node)
+            if isinstance(node, MappingNode):
+                for k, v in node.value:
+                    keys[(*path, k.value)] = _pos(k)
+                    todo.append(((*path, k.value), v))
+            elif isinstance(node, SequenceNode):
+                todo += [((*path, i), item) for i, item in enumerate(node.value)]
+        return values, keys
 
 
 class YamlError(Exception):
@@ -88,35 +173,47 @@ def _pos(node: yaml.Node) -> tuple[int, int]:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _build(node: yaml.Node, path: Path_, out: Located, ctor: yaml.constructor.SafeConstructor) -> Any:
-    out.positions[path] = _pos(node)
-    if isinstance(node, yaml.MappingNode):
+def _construct(ctor: yaml.constructor.SafeConstructor, node: yaml.Node) -> Any:
+    """A scalar that is not a plain string: null, a boolean, a number, or an explicit tag."""
+    try:
+        return ctor.construct_object(node)
+    except yaml.YAMLError:
+        raise
+    except Exception:  # e.g. `!!int abc`, `!!bool maybe`: PyYAML's constructors just fail
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        raise YamlError(f"invalid YAML: {node.value!r} is not a valid {tag}", *_pos(node)) from None
+
+
+def _build(node: yaml.Node, ctor: yaml.constructor.SafeConstructor) -> Any:
+    """The data of a composed node tree, refusing what agentctl files may not contain."""
+    if isinstance(node, MappingNode):
         result: dict[Any, Any] = {}
+        first: dict[str, yaml.Node] = {}
         for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:merge":
+            if isinstance(key_node, ScalarNode) and key_node.tag == MERGE_TAG:
                 raise YamlError("YAML merge keys (<<) are not allowed", *_pos(key_node))
-            if not isinstance(key_node, yaml.ScalarNode):
+            if not isinstance(key_node, ScalarNode):
                 hint = ""
-                if isinstance(key_node, yaml.MappingNode) and key_node.flow_style:
+                if isinstance(key_node, MappingNode) and key_node.flow_style:
                     hint = " (an unquoted '{{' opens a nested mapping: quote template text)"
                 raise YamlError(f"mapping keys must be plain scalars{hint}", *_pos(key_node))
-            key = ctor.construct_object(key_node)
+            if key_node.tag not in (STR_TAG, TIMESTAMP_TAG):
+                _construct(ctor, key_node)  # refuses a key it cannot read
             # YAML 1.1 reads `on:` as True and `1:` as an int; keep what the author wrote.
-            skey = key if isinstance(key, str) else key_node.value
+            skey = key_node.value
             if skey in result:
                 line, col = _pos(key_node)
-                first = out.key_positions.get((*path, skey))
-                was = f" (first defined at line {first[0]})" if first else ""
-                raise YamlError(f"duplicate key '{skey}'{was}", line, col)
-            out.key_positions[(*path, skey)] = _pos(key_node)
-            result[skey] = _build(value_node, (*path, skey), out, ctor)
+                raise YamlError(f"duplicate key '{skey}' (first defined at line "
+                                f"{_pos(first[skey])[0]})", line, col)
+            first[skey] = key_node
+            result[skey] = _build(value_node, ctor)
         return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(item, (*path, i), out, ctor) for i, item in enumerate(node.value)]
-    if node.tag == "tag:yaml.org,2002:timestamp":
+    if isinstance(node, SequenceNode):
+        return [_build(item, ctor) for item in node.value]
+    if node.tag in (STR_TAG, TIMESTAMP_TAG):
         # A date is data, not a datetime: keep the text so that it serialises as written.
         return node.value
-    value = ctor.construct_object(node)
+    value = _construct(ctor, node)
     if isinstance(value, bytes):
         raise YamlError("binary values (!!binary) are not allowed", *_pos(node))
     return value
@@ -133,7 +230,7 @@ def load(text: str | bytes) -> Located:
         except UnicodeDecodeError as e:
             line = raw[: e.start].count(b"\n") + 1
             raise YamlError(f"file is not valid UTF-8 (byte {e.start})", line, 1) from None
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+    elif len(text) > MAX_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
         raise YamlError(f"file is larger than {MAX_BYTES // 1024} KiB; refusing to parse it", 1, 1)
     if _CLoader is not None:
         fast = _load_fast(text)
@@ -142,38 +239,44 @@ def load(text: str | bytes) -> Located:
     return _load_python(text)
 
 
-def _load_fast(text: str) -> Located | None:
-    """libyaml, when PyYAML has it: about five times faster on a large file.
+class _Unusual(Exception):
+    """Something in a document that the node builder words (a duplicate key, a merge key...)."""
 
-    A first pass over the events refuses anchors, aliases and deep nesting before anything is
-    composed (libyaml's composer recurses in C, where no recursion limit applies). On any
-    other problem this returns None, and the pure-Python loader reads the file again, so that
-    an error says the same thing, at the same place, with or without libyaml.
+    def __init__(self, depth: int = 0) -> None:
+        super().__init__()
+        self.depth = depth  # how many collections were open when it was found
+
+
+_NO_KEY: Any = object()
+
+
+def _load_fast(text: str) -> Located | None:
+    """libyaml, when PyYAML has it: several times faster than the Python loader.
+
+    The data is built in one pass over libyaml's events, refusing anchors, aliases and deep
+    nesting as they come (no tree is composed, so nothing recurses). A mistake that
+    ``_build`` words (a duplicate key, say) sends the document to it, once the rest of the
+    events show nothing the Python loader would report first. On any other problem this
+    returns None, and the pure-Python loader reads the file again, so that an error says the
+    same thing, at the same place, with or without libyaml.
     """
     assert _CLoader is not None
     try:
         loader = _CLoader(text)
         try:
-            depth = 0
-            while loader.check_event():
-                event = loader.get_event()
-                if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-                    return None  # the Python loader words the refusal
-                if isinstance(event, yaml.CollectionStartEvent):
-                    depth += 1
-                    if depth > MAX_DEPTH:
-                        return None
-                elif isinstance(event, yaml.CollectionEndEvent):
-                    depth -= 1
+            done, data = _from_events(loader)
+            if done:
+                return Located(data, text=text)
+            return None
+        except _Unusual as e:
+            if not _rest_is_plain(loader.get_event, e.depth):
+                return None
         finally:
             loader.dispose()
         loader = _CLoader(text)
         try:
-            out = Located(data=None)
             node = loader.get_single_node()
-            if node is not None:
-                out.data = _build(node, (), out, loader)
-            return out
+            return Located(_build(node, loader) if node is not None else None, root=node)
         finally:
             loader.dispose()
     except YamlError:
@@ -182,18 +285,157 @@ def _load_fast(text: str) -> Located | None:
         return None
 
 
+def _from_events(loader: Any) -> tuple[bool, Any]:
+    """``(True, data)``: the document, built from the loader's events.
+
+    ``(False, None)`` for anything the Python loader must word: an anchor, an alias, nesting
+    deeper than ``MAX_DEPTH`` (counted as its composer counts), a second document. Raises
+    _Unusual for what ``_build`` words.
+    """
+    get = loader.get_event
+    resolve = loader.resolve
+    max_depth = MAX_DEPTH
+    tags: dict[str, str] = {}  # a plain scalar's text -> its tag (the same text, the same tag)
+    stack: list[Any] = []  # the collections that enclose ``cur``
+    cur: Any = None  # the collection being filled (None: the document itself)
+    key: Any = _NO_KEY  # in a mapping, the key whose value comes next
+    data: Any = None
+    depth = 0  # collections open
+    documents = 0
+    try:
+        while True:
+            e = get()
+            cls = e.__class__
+            if cls is ScalarEvent:
+                if e.anchor is not None or depth >= max_depth:
+                    return False, None
+                value = e.value
+                tag = e.tag
+                if tag is None:
+                    if e.implicit[0]:
+                        tag = tags.get(value)
+                        if tag is None:
+                            tag = tags[value] = resolve(ScalarNode, value, e.implicit)
+                    else:
+                        tag = STR_TAG  # quoted, untagged
+                elif tag == "!":
+                    tag = resolve(ScalarNode, value, e.implicit)
+                if cur.__class__ is list:
+                    cur.append(value if tag == STR_TAG else _scalar(loader, tag, e))
+                elif key is _NO_KEY and cur is not None:
+                    if tag != STR_TAG and tag != TIMESTAMP_TAG:
+                        if tag == MERGE_TAG:
+                            raise _Unusual
+                        _scalar(loader, tag, e)  # refuses a key it cannot read
+                    if value in cur:
+                        raise _Unusual
+                    key = value
+                elif cur is not None:
+                    cur[key] = value if tag == STR_TAG else _scalar(loader, tag, e)
+                    key = _NO_KEY
+                else:
+                    data = value if tag == STR_TAG else _scalar(loader, tag, e)
+            elif cls is SequenceStartEvent or cls is MappingStartEvent:
+                if e.anchor is not None or depth >= max_depth:
+                    return False, None
+                depth += 1
+                new: Any = [] if cls is SequenceStartEvent else {}
+                if cur.__class__ is list:
+                    cur.append(new)
+                elif cur is None:
+                    data = new
+                elif key is _NO_KEY:
+                    raise _Unusual  # a collection as a key
+                else:
+                    cur[key] = new
+                stack.append(cur)
+                cur = new
+                key = _NO_KEY
+            elif cls is SequenceEndEvent or cls is MappingEndEvent:
+                cur = stack.pop()
+                key = _NO_KEY
+                depth -= 1
+            elif cls is AliasEvent:
+                return False, None
+            elif cls is DocumentStartEvent:
+                documents += 1
+                if documents > 1:
+                    return False, None
+            elif cls is StreamEndEvent:
+                return True, data
+    except _Unusual:
+        raise _Unusual(depth) from None
+
+
+def _scalar(loader: Any, tag: str, e: Any) -> Any:
+    """The value of a scalar event that is not a plain string (see ``_build``)."""
+    if tag == TIMESTAMP_TAG:
+        return e.value
+    try:
+        value = _construct(loader, ScalarNode(tag, e.value, e.start_mark, e.end_mark, e.style))
+    except (YamlError, yaml.YAMLError):
+        raise _Unusual from None
+    if isinstance(value, bytes):
+        raise _Unusual
+    return value
+
+
+def _rest_is_plain(get: Callable[[], Any], depth: int) -> bool:
+    """Whether the rest of a document's events hold nothing the Python loader would refuse
+    while composing (before ``_build`` could word the mistake found so far)."""
+    documents = 1
+    while True:
+        e = get()
+        cls = e.__class__
+        if cls is AliasEvent or getattr(e, "anchor", None) is not None:
+            return False
+        if cls is ScalarEvent:
+            if depth >= MAX_DEPTH:
+                return False
+        elif cls is SequenceStartEvent or cls is MappingStartEvent:
+            if depth >= MAX_DEPTH:
+                return False
+            depth += 1
+        elif cls is SequenceEndEvent or cls is MappingEndEvent:
+            depth -= 1
+        elif cls is DocumentStartEvent:
+            documents += 1
+            if documents > 1:
+                return False
+        elif cls is StreamEndEvent:
+            return True
+
+
+def _compose(text: str) -> yaml.Node | None:
+    """The node tree of a document that has loaded (so it parses, and is neither deep nor
+    anchored): what positions are read from."""
+    if _CLoader is not None:
+        loader = _CLoader(text)
+        try:
+            return loader.get_single_node()  # type: ignore[no-any-return]
+        except yaml.YAMLError:
+            pass
+        finally:
+            loader.dispose()
+    py = _NoAliasLoader(text)
+    try:
+        return py.get_single_node()
+    except (yaml.YAMLError, YamlError):
+        return None
+    finally:
+        py.dispose()
+
+
 def _load_python(text: str) -> Located:
     try:
         loader = _NoAliasLoader(text)
     except yaml.reader.ReaderError as e:
         raise _reader_error(e, text) from None
-    out = Located(data=None)
     try:
         node = loader.get_single_node()
         if node is None:
-            return out
-        out.data = _build(node, (), out, loader)
-        return out
+            return Located()
+        return Located(_build(node, loader), root=node)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         if e.problem and e.context:

@@ -106,6 +106,56 @@ def test_libyaml_hands_every_problem_to_the_python_loader(text: str) -> None:
         yamlsafe._load_python(text)
 
 
+TRICKY = [
+    "hello", "'q'", "", "---\n", "---\na: 1\n...\n", "{}", "[]", "- - - x\n", "? a\n? b\n", "a:\n",
+    "a:\n- b\n- c\n", "a: [1, 2, {b: c}]", "a: |\n  text\n", "\ufeffa: 1",
+    "on: [yes, no, ~, null, 0x1F, 1_000, 1.5, .inf]", "true: 1\non: 2\nnull: 3\n1: 4\n",
+    "a: [2024-01-02, 2024-01-02T10:00:00Z]", "2024-13-45: x", "!!timestamp foo: 1",
+    "a: !!str 1", "a: ! 1", "! 1: 2", "!!str a: b", "a: !!null", "a: !!map {b: 1}", "a: !!set {b}",
+    "a: !!int abc", "a: [!!float x]", "!!int abc: 1", "a: !!bool maybe", "a: =", "a: !foo bar",
+    "a: 1\nb: {c: 1, c: 2}\n", "x:\n  y: 1\n  y: 2\n", "1: a\n1: b\n", "<<: {a: 1}", "a: {<<: {b: 1}}",
+    "? [a]\n: 1\n", "{a: 1}: 2", "a: [!!binary aGk=]", "? !!binary aGk=\n: 1",
+    # a mistake of the kind the node builder words, then one the Python loader must word first
+    "a: {c: 1, c: 2}\nd: &x 1\n", "a: [{b: 1, b: 2}, *y]", "a: {c: 1, c: 2}\nb: " + "[" * 70 + "]" * 70,
+    "a: {c: 1, c: 2}\n---\nb: 1\n", "a: {c: 1, c: 2}\nb: [1,\n",
+    "a: " + "[" * 63 + "x" + "]" * 63, "a: " + "[" * 62 + "x" + "]" * 62, "a: 1\n---\n",
+]
+
+
+@pytest.mark.skipif(yamlsafe._CLoader is None, reason="PyYAML was built without libyaml")
+@pytest.mark.parametrize("text", TRICKY)
+def test_libyaml_and_python_agree_on_tricky_documents(text: str) -> None:
+    # The data, every position, or the refusal: the same with or without libyaml.
+    fast = outcome(yamlsafe._load_fast, text)
+    assert fast is None or fast == outcome(yamlsafe._load_python, text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("a: !!int abc", (1, 4, "invalid YAML: 'abc' is not a valid !!int")),
+    ("a: [!!float x]", (1, 5, "invalid YAML: 'x' is not a valid !!float")),
+    ("a: !!bool maybe", (1, 4, "invalid YAML: 'maybe' is not a valid !!bool")),
+    ("a: {c: 1, c: 2}\nd: &x 1\n", (2, 4, "YAML anchors and aliases are not allowed in agentctl "
+                                      "files (found &x); write the value out")),
+    ("a: " + "[" * 63 + "x" + "]" * 63, (1, 67, "values are nested more than 64 levels deep")),
+])
+def test_refusals_of_explicit_tags_and_the_first_problem(text: str, expected: tuple[int, int, str]) -> None:
+    assert error(text) == expected
+
+
+def test_dates_as_keys_stay_text_even_when_they_are_not_dates() -> None:
+    assert yamlsafe.load("2024-13-45: x\n!!timestamp soon: y\n").data == {"2024-13-45": "x", "soon": "y"}
+
+
+def test_positions_of_a_large_document_are_found_when_asked() -> None:
+    lines = ["tasks:"] + [f"  t{i}: {{needs: [{', '.join(f'n{j}' for j in range(50))}]}}" for i in range(300)]
+    doc = yamlsafe.load("\n".join(lines) + "\n")
+    assert doc.data["tasks"]["t299"]["needs"][49] == "n49"
+    assert doc.where(("tasks", "t299", "needs", 1)) == (301, 22)
+    assert doc.where_key(("tasks", "t7")) == (9, 3)
+    assert doc.where(("tasks", "t7", "needs", 99)) == (9, 15)
+    assert doc.where_key(("tasks", "nope")) == (2, 3)
+
+
 def test_pyyaml_is_what_we_think_it_is() -> None:
     # yamlsafe relies on YAML 1.1 reading `on` as a boolean; if that ever changes, so can we.
     assert yaml.safe_load("on: 1") == {True: 1}
