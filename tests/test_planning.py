@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from agentctl.planning import dependents, find_cycle, find_cycles, wave_of, waves
@@ -63,3 +65,36 @@ def test_dependents_in_file_order() -> None:
     assert dependents(graph, "a") == ["b", "c", "e"]
     assert dependents(graph, "d") == ["e"]
     assert dependents(graph, "c") == []
+
+
+def test_file_order_and_any_order_plan_alike() -> None:
+    # Needs that all come earlier in the file plan in one pass; any other order takes the
+    # general way. Both must give every task the same wave, and find the same cycles.
+    rnd = random.Random(7)
+    for _ in range(200):
+        n = rnd.randint(1, 30)
+        ids = [f"t{i}" for i in range(n)]
+        graph = {t: rnd.sample(ids[:i], rnd.randint(0, min(i, 4))) + rnd.sample(["ghost"], rnd.randint(0, 1))
+                 for i, t in enumerate(ids)}
+        shuffled = dict(rnd.sample(list(graph.items()), n))
+        assert wave_of(graph) == wave_of(shuffled)
+        assert sorted(map(sorted, waves(graph))) == sorted(map(sorted, waves(shuffled)))
+        assert find_cycles(graph) == find_cycles(shuffled) == []
+        back = rnd.choice(ids)  # t0 needing a task that needs it (or itself) closes a cycle
+        looped = {**graph, ids[0]: [*graph[ids[0]], back]}
+        closes = back == ids[0] or back in dependents(graph, ids[0])
+        cycles = find_cycles(looped)
+        assert bool(cycles) == closes
+        assert all(ids[0] in c and back in c for c in cycles)
+
+
+def test_a_wave_of_a_thousand_tasks_each_needing_the_last_wave() -> None:
+    prev: list[str] = []
+    graph: dict[str, list[str]] = {}
+    for w in range(10):
+        ids = [f"w{w}-t{i}" for i in range(100)]
+        graph.update({t: prev for t in ids})
+        prev = ids
+    plan = waves(graph)
+    assert [len(w) for w in plan] == [100] * 10 and plan[3][0] == "w3-t0"
+    assert find_cycles(graph) == []
