@@ -8,7 +8,9 @@ the cycle or the unknown skill in another.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import hashlib
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,7 +287,7 @@ def load_pipeline(path: str | Path, *, skills_dir: Path | None = None) -> Defini
         c.error(("tasks",), "the pipeline has no tasks")
 
     tasks: dict[str, TaskSpec] = {}
-    raw_needs: dict[str, list[tuple[tuple[str | int, ...], str]]] = {}
+    raw_needs: dict[str, Any] = {}  # each task's `needs` as written
     folded: dict[str, str] = {}
     for tid, tdata in raw_tasks.items():
         loc: tuple[str | int, ...] = ("tasks", tid)
@@ -293,7 +295,7 @@ def load_pipeline(path: str | Path, *, skills_dir: Path | None = None) -> Defini
         if not isinstance(tdata, dict):
             c.error(loc, f"tasks.{tid}: a task must be a mapping (with 'command' or 'skill')")
             continue
-        raw_needs[tid] = _needs_of(tid, tdata.get("needs"))
+        raw_needs[tid] = tdata.get("needs")
         try:
             spec = TaskSpec.model_validate(tdata)
         except ValidationError as e:
@@ -304,8 +306,6 @@ def load_pipeline(path: str | Path, *, skills_dir: Path | None = None) -> Defini
                 spec = TaskSpec.model_validate({k: v for k, v in tdata.items() if k not in bad})
             except ValidationError:
                 continue
-            if "needs" in bad:
-                spec = spec.model_copy(update={"needs": [n for _, n in raw_needs[tid]]})
             tasks[tid] = spec
             continue
         if spec.loop is not None:
@@ -343,22 +343,14 @@ def load_pipeline(path: str | Path, *, skills_dir: Path | None = None) -> Defini
             c.error((*loc, "key"), f"tasks.{tid}.key: names fan-out instances; it needs 'foreach'")
         tasks[tid] = spec
 
-    all_ids = list(raw_tasks)
-    for tid, needs in raw_needs.items():
-        seen: set[str] = set()
-        for nloc, need in needs:
-            if need == tid:
-                c.error(nloc, f"tasks.{tid}.needs: a task cannot need itself")
-            elif need not in raw_tasks:
-                c.error(nloc, f"tasks.{tid}.needs: unknown task '{need}'{did_you_mean(need, all_ids)}")
-            elif need in seen:
-                c.warn(nloc, f"tasks.{tid}.needs: '{need}' is listed twice")
-            seen.add(need)
-
-    graph = {t: [n for _, n in ns if n in raw_tasks and n != t] for t, ns in raw_needs.items()}
+    # Needs: names and patterns -> the tasks each task needs, checked; then cycles.
+    graph = _resolve_needs(c, list(raw_tasks), raw_needs)
+    for tid, spec in tasks.items():
+        if spec.needs != graph.get(tid, spec.needs):
+            tasks[tid] = spec.model_copy(update={"needs": graph[tid]})
     for cycle in find_cycles(graph):
         c.error(("tasks", cycle[0], "needs"), f"tasks.{cycle[0]}.needs: tasks form a cycle: "
-                + " -> ".join(cycle))
+                + " -> ".join(cycle) + _through_patterns(cycle, raw_needs))
 
     skills, sdir = _load_skills(c, path, data, tasks, skills_dir)
 
@@ -406,13 +398,101 @@ def _sorted(path: Path, diags: list[Diagnostic]) -> list[Diagnostic]:
     return sorted(diags, key=lambda d: (d.path != str(path), d.path, d.line or 0, d.col or 0))
 
 
-def _needs_of(tid: str, needs: Any) -> list[tuple[tuple[str | int, ...], str]]:
+GLOB_CHARS = re.compile(r"[*?[]")
+
+
+def _entries(tid: str, needs: Any) -> list[tuple[tuple[str | int, ...], str]]:
     """Each need with where it was written; wrong types are left to the model's check."""
     if isinstance(needs, str):
         return [(("tasks", tid, "needs"), needs)]
     if isinstance(needs, list):
         return [(("tasks", tid, "needs", i), n) for i, n in enumerate(needs) if isinstance(n, str)]
     return []
+
+
+def _plain_names(needs: Any) -> list[str] | None:
+    """``needs`` as a list of plain names (no glob characters), or None."""
+    names = [needs] if isinstance(needs, str) else needs
+    if not isinstance(names, list):
+        return None
+    try:
+        joined = "\0".join(names)  # in C: a TypeError if any entry is not a string
+    except TypeError:
+        return None
+    return None if GLOB_CHARS.search(joined) else names
+
+
+def _resolve_needs(c: _Collector, ids: list[str], raw_needs: dict[str, Any]) -> dict[str, list[str]]:
+    """Each task's needs as the tasks it needs: names checked, patterns expanded.
+
+    A need with a glob character (``*``, ``?``, ``[``) that is not a task id is a pattern over
+    the task ids (``fnmatch.fnmatchcase``), expanded in file order; it never matches the task
+    that declares it, and must match some other task. A task met twice (listed and matched,
+    or matched twice) is needed once; a name listed twice is a warning. The result is in
+    file order of the entries, and holds only tasks of the pipeline, never the task itself.
+    """
+    known = set(ids)
+    matched: dict[str, list[str]] = {}  # pattern -> the ids it matches, in file order
+    hints: dict[str, list[str]] = {}  # pattern that matches nothing -> ids like it
+    out: dict[str, list[str]] = {}
+    for tid, needs in raw_needs.items():
+        names = _plain_names(needs)
+        if names is not None:
+            unique = set(names)
+            # The usual case, checked in C: known names, each once, not the task itself.
+            if unique <= known and tid not in unique and len(unique) == len(names):
+                out[tid] = list(names)
+                continue
+        resolved: list[str] = []
+        seen: set[str] = set()
+        listed: set[str] = set()
+        for loc, need in _entries(tid, needs):
+            if need in known:
+                if need == tid:
+                    c.error(loc, f"tasks.{tid}.needs: a task cannot need itself")
+                    continue
+                if need in listed:
+                    c.warn(loc, f"tasks.{tid}.needs: '{need}' is listed twice")
+                listed.add(need)
+                found = [need]
+            elif GLOB_CHARS.search(need):
+                if need not in matched:
+                    match = re.compile(fnmatch.translate(need)).match
+                    matched[need] = [i for i in ids if match(i)]
+                found = [i for i in matched[need] if i != tid]
+                if not found and matched[need]:
+                    c.error(loc, f"tasks.{tid}.needs: pattern '{need}' matches no task but "
+                            f"'{tid}' itself (a pattern never matches the task that declares it)")
+                elif not found:
+                    if need not in hints:
+                        hints[need] = difflib.get_close_matches(need, ids, n=4, cutoff=0.5)
+                    like = [i for i in hints[need] if i != tid][:3]
+                    hint = f" (task ids like it: {', '.join(like)})" if like else ""
+                    c.error(loc, f"tasks.{tid}.needs: pattern '{need}' matches no task{hint}")
+            else:
+                c.error(loc, f"tasks.{tid}.needs: unknown task '{need}'{did_you_mean(need, ids)}")
+                continue
+            for n in found:
+                if n not in seen:
+                    seen.add(n)
+                    resolved.append(n)
+        out[tid] = resolved
+    return out
+
+
+def _through_patterns(cycle: list[str], raw_needs: dict[str, Any]) -> str:
+    """Which steps of a cycle come from a pattern rather than a name, e.g.
+    `` (a needs b1 through 'b*')``; empty when every step is a name."""
+    notes = []
+    for task, need in itertools.pairwise(cycle):
+        entries = [n for _, n in _entries(task, raw_needs.get(task))]
+        if need in entries:
+            continue
+        pattern = next((n for n in entries if GLOB_CHARS.search(n)
+                        and fnmatch.fnmatchcase(need, n)), None)
+        if pattern is not None:
+            notes.append(f"{task} needs {need} through '{pattern}'")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 SKILL_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -491,6 +571,11 @@ def _check_no_expressions(c: _Collector, data: dict[str, Any]) -> None:
             c.error(loc, f"{_dotted(loc)}: expressions are only evaluated in with:, command and "
                     "env; here '${{' would be taken literally")
         elif isinstance(v, list):
+            try:
+                if "${{" not in "\0".join(v):  # a list of strings (a long `needs`), in C
+                    return
+            except TypeError:
+                pass
             for i, x in enumerate(v):
                 walk((*loc, i), x)
         elif isinstance(v, dict):
