@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import hashlib
 import os
@@ -227,7 +226,7 @@ def resume(state_dir: store.StateDir, run_id: str | None, *, registry: Registry,
                 f"run {run.run_id} was cancelled; `agentctl resume {run.run_id} --retry-failed` "
                 "runs its cancelled tasks again")])
         _regenerate_outputs(run, state)
-        killed = _kill_orphans(run, state)
+        killed = _kill_orphans(run)
         if killed:
             notes.append(f"stopped {killed} agent process group(s) left by the previous driver")
         journal = store.Journal(run, next_seq=state.seq + 1)
@@ -273,9 +272,9 @@ def waiting_notes(state: RunState) -> list[str]:
 
 def _kill_run_processes(run: store.RunDir) -> set[int]:
     """Every agent process group of this run still alive: orphans of a dead driver (called
-    with the run's lock held, so no live driver owns them). Found by their environment, which
-    also covers an agent whose pid file was never written: AGENTCTL_INPUT is a path inside
-    this run's directory (run ids alone repeat across state directories)."""
+    with the run's lock held, so no live driver owns them). Found by their environment, so no
+    pid file is needed (none is written): AGENTCTL_INPUT is a path inside this run's
+    directory (run ids alone repeat across state directories)."""
     prefix = f"AGENTCTL_INPUT={run.path.absolute()}/".encode()
     me = os.getpid()
     killed: set[int] = set()
@@ -309,31 +308,11 @@ def _regenerate_outputs(run: store.RunDir, state: RunState) -> None:
                 store.write_json_atomic(path, t.report)
 
 
-def _kill_orphans(run: store.RunDir, state: RunState, only: str | None = None) -> int:
+def _kill_orphans(run: store.RunDir) -> int:
     """Agents of in-flight attempts may outlive a SIGKILLed driver (they lead their own
-    process groups). Stop them, after checking /proc that each pid is still that agent; the
-    count is of process groups, each once. (``only`` narrows the pid-file pass; the /proc
-    sweep stops every orphan of the run, since no live driver owns any of them.)"""
-    groups = _kill_run_processes(run)
-    for t in state.in_flight():
-        if only is not None and t.id != only:
-            continue
-        pid_file = run.attempt_dir(t.id, t.attempt) / "pid"
-        try:
-            pid = int(pid_file.read_text().strip())
-        except (OSError, ValueError):
-            continue
-        marks = {f"AGENTCTL_RUN_ID={state.run_id}".encode(), f"AGENTCTL_TASK_ID={t.id}".encode(),
-                 f"AGENTCTL_ATTEMPT={t.attempt}".encode()}
-        try:
-            environ = set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
-        except OSError:
-            continue
-        if marks <= environ and pid not in groups:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-                groups.add(pid)
-    return len(groups)
+    process groups). Stop every agent of this run that /proc shows still running (no live
+    driver owns any of them); the count is of process groups, each once."""
+    return len(_kill_run_processes(run))
 
 
 def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) -> str:
@@ -379,13 +358,13 @@ def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) 
         if req.get("action") in ("complete", "retry") and taken is not None:
             # Its agent may outlive the crashed driver: stop it before a person's report
             # stands or a new attempt starts, and close its attempt in the log.
-            _kill_orphans(run, state, only=taken.id)
+            _kill_orphans(run)
             records.insert(0, {"type": "attempt_ended", "task": taken.id, "attempt": taken.attempt,
                                "outcome": "abandoned", "category": "crashed",
                                "message": "the driver stopped during this attempt",
                                "retry": True, "counts": False})
         if req.get("action") == "cancel":
-            _kill_orphans(run, state)
+            _kill_orphans(run)
             for t in state.tasks.values():
                 if t.status == "running" and t.group is None:  # a group has no attempt
                     records.append({"type": "attempt_ended", "task": t.id, "attempt": t.attempt,

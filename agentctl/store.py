@@ -290,25 +290,36 @@ class Journal:
         self.run = run
         self.seq = next_seq - 1
         self.fsyncs = 0
+        self._pending: list[bytes] = []
         self._fd = os.open(run.wal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
-    def append(self, records: list[dict[str, Any]]) -> None:
-        """Write records durably (one write, one fsync). Mutates them: sets ``seq``, ``at``."""
-        if not records:
+    def stage(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Number, stamp, mask and encode a record for the next ``flush``; returns the record
+        as it will be written (``rec`` itself is left as it was). Nothing may act on it
+        outside this process before ``flush`` returns."""
+        self.seq += 1
+        body, full = _encode_clean({"seq": self.seq, "at": rec.get("at") or now_iso(), **rec})
+        self._pending.append(_line(body))
+        return full
+
+    def flush(self) -> None:
+        """Make every staged record durable: one write, one fsync (group commit)."""
+        if not self._pending:
             return
-        chunks = []
-        for rec in records:
-            self.seq += 1
-            body, full = _encode_clean({"seq": self.seq, "at": rec.pop("at", None) or now_iso(), **rec})
-            rec.clear()
-            rec.update(full)
-            chunks.append(_line(body))
-        data = b"".join(chunks)
+        data, self._pending = b"".join(self._pending), []
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view):]
         os.fsync(self._fd)
         self.fsyncs += 1
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        """Write records durably (one write, one fsync). Mutates them: sets ``seq``, ``at``."""
+        for rec in records:
+            full = self.stage(rec)
+            rec.clear()
+            rec.update(full)
+        self.flush()
 
     def offset(self) -> int:
         return os.fstat(self._fd).st_size

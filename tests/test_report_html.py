@@ -418,14 +418,14 @@ tasks:
   long:
     needs: first
     effects: read-only
-    command: [sh, -c, 'if [ -f "$AGENTCTL_WORKSPACE/again" ]; then echo ok; else touch "$AGENTCTL_WORKSPACE/again"; exec sleep 60; fi']
+    command: [sh, -c, 'if [ -f "$AGENTCTL_WORKSPACE/again" ]; then echo ok; else touch "$AGENTCTL_WORKSPACE/again"; echo $$ > "$AGENTCTL_WORKSPACE/agent.pid"; exec sleep 60; fi']
 """)
     state = tmp_path / "state"
     env = {**os.environ, "AGENTCTL_STATE_DIR": str(state), "AGENTCTL_PLAIN": "1"}
     driver = subprocess.Popen([*AGENTCTL, "run", "p.yaml", "--run-id", "c-1"], cwd=proj, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
-    pid_file = state / "runs" / "c-1" / "tasks" / "long" / "attempts" / "1" / "pid"
+    pid_file = proj / "agent.pid"  # the agent's own (sh's $$, kept by exec)
     try:
         deadline = time.monotonic() + 60
         while not (pid_file.exists() and pid_file.read_text().strip()):

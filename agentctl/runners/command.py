@@ -62,10 +62,10 @@ class CommandRunner:
         except ValueError as e:  # e.g. a NUL byte in an argument filled in from agent data
             return Outcome(category="command_failed",
                            message=f"cannot start {attempt.argv[0]}: {e}")
-        # Atomic and private: a resume reads it to stop this agent if the driver dies.
-        write_atomic(attempt.attempt_dir / "pid", str(proc.pid).encode(), durable=False)
+        # No pid file: a resume finds this agent's process group through /proc by the
+        # AGENTCTL_INPUT path in its environment (engine._kill_run_processes).
         tails = {"stdout": bytearray(), "stderr": bytearray()}
-        with open(stdout_path, "wb", opener=_private) as out, open(stderr_path, "wb", opener=_private) as err:
+        with _LazyLog(stdout_path) as out, _LazyLog(stderr_path) as err:
             readers = [
                 asyncio.create_task(_pump(proc.stdout, out, tails["stdout"], attempt)),
                 asyncio.create_task(_pump(proc.stderr, err, tails["stderr"], attempt)),
@@ -90,7 +90,32 @@ def _private(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
 
 
-async def _pump(stream: asyncio.StreamReader | None, sink: IO[bytes], tail: bytearray,
+class _LazyLog:
+    """A log file made at the first byte there is to write: an agent that prints nothing
+    leaves no empty file (and costs no create, ~0.1 ms on a busy disk)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f: IO[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._f is None:
+            self._f = open(self.path, "wb", opener=_private)  # noqa: SIM115 (closed in __exit__)
+        self._f.write(data)
+
+    def flush(self) -> None:
+        if self._f is not None:
+            self._f.flush()
+
+    def __enter__(self) -> _LazyLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+async def _pump(stream: asyncio.StreamReader | None, sink: _LazyLog, tail: bytearray,
                 attempt: Attempt) -> None:
     if stream is None:
         return
