@@ -20,12 +20,13 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import random
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -140,7 +141,7 @@ class Scheduler:
         # while this one goes on: on a loaded disk each create costs 0.1-0.5 ms of waiting.
         # One worker, FIFO: a task's output.json is written before the packet of any task
         # started after it is prepared. None outside `drive` (files are written inline).
-        self._io: ThreadPoolExecutor | None = None
+        self._io: _FileThread | None = None
         # _candidates: (task count, tasks by wave); the barrier wave; tasks whose needs are
         # all complete; set when a record may have made a settled task pending again.
         self._waves: tuple[int, list[list[TaskState]]] | None = None
@@ -183,10 +184,15 @@ class Scheduler:
         for rec in batch:
             self.reporter.event(rec, self.state)
         for tid in self._outputs:
-            report = self.state.tasks[tid].report
-            if report is not None:
-                self._files(_write_output, self.run.task_dir(tid), report)
+            t = self.state.tasks[tid]
+            # An in-process runner that declares `uses_files = False` (noop) gets no task
+            # directory at all: its report is in the WAL (status --json, logs).
+            if t.report is not None and (t.group is not None or self._uses_files(t.runner)):
+                self._files(_write_output, self.run.task_dir(tid), t.report)
         self._outputs.clear()
+
+    def _uses_files(self, runner: str) -> bool:
+        return bool(getattr(self._runner(runner), "uses_files", True))
 
     def _files(self, fn: Callable[..., None], *args: Any) -> None:
         """Derived-file work: on the file thread during a drive, else now. Not durable:
@@ -194,7 +200,7 @@ class Scheduler:
         if self._io is None:
             fn(*args)
         else:
-            self._io.submit(_logged_errors, fn, *args)
+            self._io.submit(fn, *args)
 
     def snapshot(self, *, force: bool = False) -> None:
         now = self.clock()
@@ -220,7 +226,7 @@ class Scheduler:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.interrupt, "interrupted" if sig == signal.SIGINT else "terminated")
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentctl-files")
+        self._io = _FileThread(loop)
         restore_watcher = _watch_children_with_pidfds(loop)
         try:
             self._skip_unreachable()
@@ -283,7 +289,7 @@ class Scheduler:
             with contextlib.suppress(Exception):  # a runner's cleanup must not mask the ending
                 await self.registry.aclose()
             io, self._io = self._io, None
-            io.shutdown(wait=True)  # every derived file is written before the driver exits
+            io.close()  # every derived file is written before the driver exits
             restore_watcher()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -775,7 +781,7 @@ class Scheduler:
         attempt_dir = self.run.attempt_dir(t.id, n)
         # An in-process runner that declares `uses_files = False` (noop) reads nothing from
         # disk: making its directories and files would be most of its cost.
-        files = getattr(self._runner(t.runner), "uses_files", True)
+        files = self._uses_files(t.runner)
         input_path = task_dir / "input.json"
         prompt = prompts.rendered_prompt(pkt, skill) if skill else None
         prompt_path = attempt_dir / "prompt.md" if prompt is not None else None
@@ -899,10 +905,10 @@ class Scheduler:
                            f"(known: {', '.join(self.registry.names())})")
         if prepare is not None:
             try:
-                if self._io is None or os.environ.get("XP_INLINE"):
+                if self._io is None:
                     prepare()
-                else:  # after every output.json queued before it (one worker, in order)
-                    await asyncio.wrap_future(self._io.submit(prepare))
+                else:  # after every output.json queued before it (one thread, in order)
+                    await self._io.run(prepare)
             except OSError as e:
                 return Outcome(category="crashed", message=f"cannot prepare the attempt: {e}")
         try:
@@ -1134,17 +1140,64 @@ def _write_output(task_dir: Path, report: dict[str, Any]) -> None:
         write_atomic(path, data, durable=False)
 
 
-def _logged_errors(fn: Callable[..., None], *args: Any) -> None:
+class _FileThread:
+    """One thread doing file work in the order it is given: fire-and-forget writes
+    (``submit``) and work an attempt waits for (``run``, awaitable). A plain thread and a
+    SimpleQueue: concurrent.futures' executor takes locks the driver would wait on while
+    the worker holds the GIL."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...],
+                                             asyncio.Future[None] | None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="agentctl-files", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        self._queue.put((fn, args, None))
+
+    def run(self, fn: Callable[[], None]) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._queue.put((fn, (), fut))
+        return fut
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fn, args, fut = item
+            try:
+                fn(*args)
+            except Exception as e:
+                if fut is None:
+                    _file_warning(e)
+                else:
+                    self._loop.call_soon_threadsafe(_settle, fut, e)
+                continue
+            if fut is not None:
+                self._loop.call_soon_threadsafe(_settle, fut, None)
+
+
+def _settle(fut: asyncio.Future[None], error: Exception | None) -> None:
+    if fut.done():  # the attempt was cancelled meanwhile
+        return
+    if error is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(error)
+
+
+def _file_warning(e: Exception) -> None:
     """Derived files are a convenience: failing to write one (a full disk) must not stop
     the run, whose truth is the WAL. Say so on stderr, once per kind of error."""
-    try:
-        fn(*args)
-    except OSError as e:
-        key = (fn.__name__, e.errno)
-        if key not in _FILE_ERRORS:
-            _FILE_ERRORS.add(key)
-            sys.stderr.write(f"agentctl: warning: cannot write {getattr(e, 'filename', '') or 'a file'}: "
-                             f"{e.strerror or e} (the WAL has it; `agentctl resume` writes it again)\n")
+    key = (type(e).__name__, getattr(e, "errno", None))
+    if key not in _FILE_ERRORS:
+        _FILE_ERRORS.add(key)
+        sys.stderr.write(f"agentctl: warning: cannot write {getattr(e, 'filename', '') or 'a file'}: "
+                         f"{getattr(e, 'strerror', None) or e} (the WAL has it; `agentctl resume` "
+                         "writes it again)\n")
 
 
 _FILE_ERRORS: set[tuple[str, int | None]] = set()
