@@ -148,6 +148,7 @@ class Scheduler:
         self._barrier = 0
         self._ready: set[str] = set()
         self._rewound = False
+        self._keys: dict[str, str] = {}
 
     # ------------------------------------------------------------------ specs
 
@@ -232,7 +233,9 @@ class Scheduler:
             self._skip_unreachable()
             self._advance_groups()
             self.commit()
-            self.snapshot(force=True)
+            # run.json is derived and costs O(tasks): the first is written after
+            # `snapshot_every_s`, or at the end of a shorter drive (status reads the WAL).
+            self._last_snapshot = self.clock()
             # Every record is staged (applied in memory) as it is decided and committed
             # before the next await: a pass's endings, skips, group steps and starts share
             # one fsync, and nothing acts on a record before it.
@@ -689,11 +692,17 @@ class Scheduler:
     def _log_start(self, tid: str) -> None:
         t = self.state.tasks[tid]
         rec: dict[str, Any] = {"type": "attempt_started", "task": tid, "attempt": t.attempt + 1,
-                               "key": idempotency_key(self.state.run_id, tid)}
+                               "key": self._key(tid)}
         model = self._models(tid)
         if model:
             rec["model"] = model[0]
         self.emit(rec)
+
+    def _key(self, tid: str) -> str:
+        key = self._keys.get(tid)
+        if key is None:
+            key = self._keys[tid] = idempotency_key(self.state.run_id, tid)
+        return key
 
     def _models(self, tid: str) -> list[str]:
         if self.state.tasks[tid].runner != "llm":
@@ -763,7 +772,6 @@ class Scheduler:
         ctx = {} if plain else self._context(t.id)
         with_ = expr.render(spec.with_, ctx)
         argv = [expr.render_str(a, ctx) for a in spec.command] if spec.command else None
-        env_extra = {k: expr.render_str(v, ctx) for k, v in {**self.defn.pipeline.defaults.env, **spec.env}.items()}
         # A group's children receive what the group needs: a checker too (its own need, the
         # maker, reaches it as loop.maker), so it can check the draft against the evidence.
         owner = self.state.tasks[t.parent] if t.parent else t
@@ -798,16 +806,19 @@ class Scheduler:
         output_path = attempt_dir / "report.json"
         workspace = Path(self.state.workspace or ".")
         workdir = workspace / spec.workdir if spec.workdir else workspace
-        key = idempotency_key(self.state.run_id, t.id)
-        env = {
-            **self._env_base, **env_extra,
-            "AGENTCTL_RUN_ID": self.state.run_id, "AGENTCTL_TASK_ID": t.id,
-            "AGENTCTL_ATTEMPT": str(n), "AGENTCTL_IDEMPOTENCY_KEY": key,
-            "AGENTCTL_INPUT": str(input_path), "AGENTCTL_OUTPUT": str(output_path),
-            "AGENTCTL_HEARTBEAT": str(hb_path), "AGENTCTL_WORKSPACE": str(workspace),
-        }
-        if prompt_path is not None:
-            env["AGENTCTL_PROMPT"] = str(prompt_path)
+        key = self._key(t.id)
+        env: dict[str, str] = {}
+        if argv is not None:  # a process's environment; in-process runners have none
+            extra_env = {**self.defn.pipeline.defaults.env, **spec.env}
+            env = {
+                **self._env_base, **{k: expr.render_str(v, ctx) for k, v in extra_env.items()},
+                "AGENTCTL_RUN_ID": self.state.run_id, "AGENTCTL_TASK_ID": t.id,
+                "AGENTCTL_ATTEMPT": str(n), "AGENTCTL_IDEMPOTENCY_KEY": key,
+                "AGENTCTL_INPUT": str(input_path), "AGENTCTL_OUTPUT": str(output_path),
+                "AGENTCTL_HEARTBEAT": str(hb_path), "AGENTCTL_WORKSPACE": str(workspace),
+            }
+            if prompt_path is not None:
+                env["AGENTCTL_PROMPT"] = str(prompt_path)
         models = self._models(t.id)
         budget_usd, budget_tokens = self._budget_left(t.id)
         return Attempt(
