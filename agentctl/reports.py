@@ -8,6 +8,24 @@ from pydantic import ValidationError
 
 from agentctl.models import Report
 
+# id(schema) -> (the schema, its validator): the scheduler and the llm runner validate every
+# report against the same few schemas. The schema is kept, so its id is not reused while the
+# entry lives (and a validator reads its schema as it validates, not a copy made when built).
+_validators: dict[int, tuple[dict[str, Any], Any]] = {}
+_VALIDATORS_MAX = 256
+
+
+def _validator(schema: dict[str, Any]) -> Any:
+    """A Draft 2020-12 validator for ``schema``, built once per schema object."""
+    entry = _validators.get(id(schema))
+    if entry is None or entry[0] is not schema:
+        import jsonschema
+
+        if len(_validators) >= _VALIDATORS_MAX:
+            _validators.clear()
+        entry = _validators[id(schema)] = (schema, jsonschema.Draft202012Validator(schema))
+    return entry[1]
+
 
 def validate_report(raw: Any, output_schema: dict[str, Any] | None) -> tuple[dict[str, Any] | None, list[str]]:
     """Return (the normalised report, []) or (None, the problems, one line each)."""
@@ -23,10 +41,8 @@ def validate_report(raw: Any, output_schema: dict[str, Any] | None) -> tuple[dic
             problems.append(f"{loc}: {msg}")
         return None, problems
     if output_schema is not None and report.status == "COMPLETE":
-        import jsonschema
-
-        validator = jsonschema.Draft202012Validator(output_schema)
-        errors = sorted(validator.iter_errors(report.output), key=lambda e: list(e.absolute_path))
+        errors = sorted(_validator(output_schema).iter_errors(report.output),
+                        key=lambda e: list(e.absolute_path))
         if errors:
             out = []
             for err in errors[:20]:
