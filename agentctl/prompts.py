@@ -24,7 +24,6 @@ def packet(run_id: str, task_id: str, attempt: int, with_: dict[str, Any],
 
 
 def user_message(pkt: dict[str, Any], skill: Skill | None) -> str:
-    schema = report_schema(skill.output_schema if skill else None)
     return (
         "## Your task\n\n"
         f"Task `{pkt['task']}`. Its inputs and the reports of the tasks it needs:\n\n"
@@ -35,8 +34,26 @@ def user_message(pkt: dict[str, Any], skill: Skill | None) -> str:
         "Reply with one JSON object, and nothing else, that validates against this schema. "
         "`status` is COMPLETE when you did the task, BLOCKED when something you need is "
         "missing (say what in `blockers`), FAILED when you could not do it.\n\n"
-        "```json\n" + json.dumps(schema, indent=2) + "\n```\n"
+        "```json\n" + _contract(skill.output_schema if skill else None) + "\n```\n"
     )
+
+
+# The report contract as the prompt shows it, per output schema: the same text in every
+# prompt of a skill, and indent=2 is the JSON module's slow (pure Python) encoder. Keyed by
+# the schema's compact text (the C encoder's, a few us), so a schema changed in place is not
+# shown stale.
+_contracts: dict[str, str] = {}
+_CONTRACTS_MAX = 256
+
+
+def _contract(output_schema: dict[str, Any] | None) -> str:
+    key = json.dumps(output_schema)
+    text = _contracts.get(key)
+    if text is None:
+        if len(_contracts) >= _CONTRACTS_MAX:
+            _contracts.clear()
+        text = _contracts[key] = json.dumps(report_schema(output_schema), indent=2)
+    return text
 
 
 def rendered_prompt(pkt: dict[str, Any], skill: Skill | None) -> str:
