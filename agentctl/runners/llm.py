@@ -55,7 +55,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -196,6 +196,19 @@ def parse_model(raw: str) -> ModelSpec:
         except offline.OfflineSpecError as e:
             raise ModelError(str(e)) from None
     return ModelSpec(raw=raw, model=model, offline=is_offline, **spec)
+
+
+_specs: dict[str, ModelSpec] = {}
+
+
+def _spec(raw: str) -> ModelSpec:
+    """``parse_model``, once per model string per process (a spec is never changed)."""
+    spec = _specs.get(raw)
+    if spec is None:
+        if len(_specs) >= 256:
+            _specs.clear()
+        spec = _specs[raw] = parse_model(raw)
+    return spec
 
 
 def request_hash(request: dict[str, Any]) -> str:
@@ -346,7 +359,9 @@ class _Conversation:
         ]
         self.output_schema = skill.output_schema if skill else None
         self.pause = float(os.environ.get(PAUSE_ENV) or 0)
-        self.rng = random.Random(f"{attempt.run_id}/{attempt.task_id}/{attempt.attempt}")
+        self._rng: random.Random | None = None  # for backoff jitter; seeded when first needed
+        self._redactor: redact.Redactor | None = None
+        self._masked: dict[str, str] = {}  # a text -> the same with secrets masked
 
     # ------------------------------------------------------------------ the turns
 
@@ -357,7 +372,7 @@ class _Conversation:
         specs = []
         for raw in self.a.models:
             try:
-                specs.append(parse_model(raw))
+                specs.append(_spec(raw))
             except ModelError as e:
                 raise RunnerError("provider_error", str(e)) from None
         for turn in range(self.max_repairs + 1):
@@ -501,7 +516,15 @@ class _Conversation:
         if failure.retry_after is not None:
             return float(min(BACKOFF_CAP_S, max(0.0, failure.retry_after)))
         step: float = min(BACKOFF_CAP_S, spec.backoff_s * 2.0 ** try_)
-        return step * (0.5 + self.rng.random() / 2)  # jitter: 50-100% of the step
+        return step * (0.5 + self.rng().random() / 2)  # jitter: 50-100% of the step
+
+    def rng(self) -> random.Random:
+        """The attempt's jitter, the same in any process (seeding from a string hashes it:
+        not paid by attempts that never back off)."""
+        if self._rng is None:
+            a = self.a
+            self._rng = random.Random(f"{a.run_id}/{a.task_id}/{a.attempt}")
+        return self._rng
 
     async def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -513,15 +536,26 @@ class _Conversation:
             await asyncio.sleep(min(left, BEAT_EVERY_S))
 
     async def _beating(self, coro: Awaitable[T]) -> T:
-        """Await ``coro``, beating while it runs (a slow model is not a dead task)."""
+        """Await ``coro``, beating while it runs (a slow model is not a dead task). A timer on
+        the loop beats, rather than a wait that wakes every 0.25 s: most calls end before the
+        first beat is due, and then the only cost is the timer's. The call runs in a task of
+        its own: measured, that costs less CPU than awaiting it inline (50-100 us less per
+        call of an offline model's ~1.6 ms; litellm runs each call's setup in the loop's
+        thread pool, and the difference is in how that interleaves with the rest)."""
+        loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(coro)
+        beat = self.a.beat
+        timer: list[asyncio.TimerHandle] = []
+
+        def tick() -> None:
+            timer[0] = loop.call_later(BEAT_EVERY_S, tick)  # first: a beat that raises beats on
+            beat()
+
+        timer.append(loop.call_later(BEAT_EVERY_S, tick))
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=BEAT_EVERY_S)
-                if done:
-                    return task.result()
-                self.a.beat()
+            return await task
         finally:
+            timer[0].cancel()
             if not task.done():
                 task.cancel()
 
@@ -567,9 +601,18 @@ class _Conversation:
     def _write(self, name: str, obj: dict[str, Any]) -> None:
         # One line of JSON: the C encoder is many times faster than indent=2's pure Python
         # one, and these are written for every call (`jq . exchange.json` to read them).
-        text = json.dumps(redact.default().obj(obj), ensure_ascii=False) + "\n"
+        text = json.dumps(self._mask(obj), ensure_ascii=False) + "\n"
         with contextlib.suppress(OSError):
             write_atomic(Path(self.a.attempt_dir) / name, text.encode(), durable=False)
+
+    def _mask(self, value: Any) -> Any:
+        """``value`` with secrets masked (``redact``), each distinct text scanned once per
+        conversation: the prompt is in every call file and in exchange.json, a reply in its
+        call's response and in the conversation."""
+        redactor = redact.default()
+        if redactor is not self._redactor:
+            self._redactor, self._masked = redactor, {}
+        return _masked(value, redactor.text, self._masked)
 
     def details(self) -> dict[str, Any]:
         return {"model": self.answered_by, "turns": self.turns, "calls": self.paid,
@@ -590,6 +633,20 @@ def _cost(litellm: Any, resp: Any) -> tuple[float, bool]:
         except Exception:  # a model litellm has no price for
             return 0.0, False
     return round(float(cost), 12), True
+
+
+def _masked(value: Any, text: Callable[[str], str], memo: dict[str, str]) -> Any:
+    """``redact.Redactor.obj``, remembering in ``memo`` what each text became."""
+    if isinstance(value, str):
+        masked = memo.get(value)
+        if masked is None:
+            masked = memo[value] = text(value)
+        return masked
+    if isinstance(value, list):
+        return [_masked(v, text, memo) for v in value]
+    if isinstance(value, dict):
+        return {k: _masked(v, text, memo) for k, v in value.items()}
+    return value
 
 
 def _user_message(attempt: Attempt) -> str:

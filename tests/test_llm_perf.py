@@ -1,0 +1,164 @@
+"""The llm runner's hot path keeps its promises: what is cached per process (validators, the
+report contract's text, parsed model strings) is what an uncached run would compute, beats go
+on while a call is slow and stop when it ends, a cancelled attempt leaves no call running, and
+secrets are masked in every file even though each text is scanned once per conversation.
+
+In-process, on ``LLMRunner.run`` directly (no engine): one litellm import for the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from llmkit import FINDINGS_SCHEMA
+
+from agentctl import offline, prompts, redact, reports
+from agentctl.models import Skill, StepSpec, report_schema
+from agentctl.runners import llm
+from agentctl.runners.base import Attempt, Outcome
+
+
+def _attempt(tmp_path: Path, model: str, *, with_: dict[str, Any] | None = None,
+             skill: Skill | None = None, beats: list[float] | None = None,
+             calls: list[dict[str, Any]] | None = None) -> Attempt:
+    adir = tmp_path / "attempt"
+    adir.mkdir(parents=True, exist_ok=True)
+    pkt = prompts.packet("r", "t", 1, with_ or {}, {})
+    loop = asyncio.get_running_loop()
+
+    async def record(call: dict[str, Any]) -> None:
+        if calls is not None:
+            calls.append(call)
+
+    return Attempt(
+        run_id="r", task_id="t", attempt=1, idempotency_key="k", spec=StepSpec(), skill=skill,
+        model=model, models=[model], workspace=tmp_path, workdir=tmp_path, attempt_dir=adir,
+        input_path=adir / "input.json", output_path=adir / "report.json", prompt_path=None,
+        heartbeat_path=adir / "beat", packet=pkt,
+        prompt=prompts.rendered_prompt(pkt, skill) if skill else None, argv=None, env={},
+        beat=(lambda: beats.append(loop.time())) if beats is not None else (lambda: None),
+        record_call=record)
+
+
+def _run(coro: Any) -> Any:
+    async def main() -> Any:
+        try:
+            return await coro()
+        finally:
+            await llm.aclose()
+
+    return asyncio.run(main())
+
+
+def test_beats_while_a_call_is_slow_and_not_after(tmp_path: Path) -> None:
+    beats: list[float] = []
+
+    async def go() -> tuple[Outcome, int]:
+        a = _attempt(tmp_path, "offline/slow?latency=900ms", beats=beats)
+        out = await llm.LLMRunner().run(a)
+        n = len(beats)
+        await asyncio.sleep(3 * llm.BEAT_EVERY_S)  # the call's timer is gone with it
+        return out, n
+
+    out, n = _run(go)
+    assert out.report is not None and out.report["status"] == "COMPLETE"
+    # one beat as the call starts, then one every BEAT_EVERY_S while it runs
+    assert n >= 3, beats
+    assert max(b - a for a, b in itertools.pairwise(beats[1:])) < 3 * llm.BEAT_EVERY_S
+    assert len(beats) == n
+
+
+def test_a_cancelled_attempt_leaves_no_call_running(tmp_path: Path) -> None:
+    llm.load()  # so that the call is under way, not litellm's import
+
+    def calls() -> set[str]:
+        me = asyncio.current_task()
+        return {repr(t.get_coro()) for t in asyncio.all_tasks()
+                if t is not me and "acompletion" in repr(t.get_coro())}
+
+    async def go() -> tuple[set[str], set[str]]:
+        a = _attempt(tmp_path, "offline/slow?latency=30s")
+        task = asyncio.ensure_future(llm.LLMRunner().run(a))
+        await asyncio.sleep(0.5)
+        during = calls()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)
+        return during, calls()
+
+    during, after = _run(go)
+    assert during and not after
+    ex = json.loads((tmp_path / "attempt" / "exchange.json").read_text())
+    assert ex["outcome"] == "running" and ex["paid_calls"] == 0  # written however it ends
+
+
+def test_secrets_are_masked_in_the_call_file_and_the_exchange(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "s3cr3t-" + "x" * 16
+    monkeypatch.setenv("MY_SERVICE_TOKEN", secret)
+    redact.reset()
+    try:
+        calls: list[dict[str, Any]] = []
+
+        async def go() -> Outcome:
+            a = _attempt(tmp_path, "offline/echo", with_={"note": f"the token is {secret}"},
+                         calls=calls)
+            return await llm.LLMRunner().run(a)
+
+        out = _run(go)
+    finally:
+        redact.reset()
+    assert out.report is not None
+    files = sorted((tmp_path / "attempt").glob("*.json"))
+    assert [f.name for f in files] == ["call-001.json", "exchange.json"]
+    for f in files:
+        text = f.read_text()
+        assert secret not in text and "[REDACTED]" in text
+    call = json.loads(files[0].read_text())
+    ex = json.loads(files[1].read_text())
+    # the request in the call file is the conversation's first messages, masked alike
+    assert call["request"]["messages"] == ex["messages"][:ex["calls"][0]["sent_messages"]]
+    assert call["request_hash"] == calls[0]["request_hash"] == ex["calls"][0]["request_hash"]
+
+
+def test_a_schema_gets_one_validator_that_reads_it_as_it_is() -> None:
+    schema = json.loads(json.dumps(FINDINGS_SCHEMA))
+    good = {"status": "COMPLETE", "summary": "s", "output": offline.minimal_instance(schema)}
+    assert reports.validate_report(good, schema)[1] == []
+    v = reports._validator(schema)
+    assert reports._validator(schema) is v
+    assert reports._validator(json.loads(json.dumps(schema))) is not v  # another object
+    schema["properties"]["confidence"]["minimum"] = 2  # changed in place: seen at once
+    report, problems = reports.validate_report(good, schema)
+    assert report is None and problems and problems[0].startswith("output.confidence")
+
+
+@pytest.mark.parametrize("schema", [None, FINDINGS_SCHEMA])
+def test_the_contract_in_the_prompt_is_the_schema_as_it_is(schema: dict[str, Any] | None) -> None:
+    skill = None
+    if schema is not None:
+        schema = json.loads(json.dumps(schema))
+        skill = Skill(name="s", description="d", body="b", path=Path("s"), output_schema=schema)
+    pkt = prompts.packet("r", "t", 1, {"n": 1}, {})
+    for _ in range(2):
+        text = prompts.user_message(pkt, skill)
+        assert json.dumps(report_schema(schema), indent=2) in text
+    if skill is not None and skill.output_schema is not None:
+        skill.output_schema["required"] = ["findings"]  # changed in place: not shown stale
+        text = prompts.user_message(pkt, skill)
+        assert json.dumps(report_schema(skill.output_schema), indent=2) in text
+        assert '"required": [\n        "findings"\n      ]' in text
+
+
+def test_a_model_string_is_parsed_once() -> None:
+    raw = "offline/echo?latency=10ms&temperature=0.5"
+    spec = llm._spec(raw)
+    assert llm._spec(raw) is spec and spec == llm.parse_model(raw)
+    with pytest.raises(llm.ModelError):
+        llm._spec("openai/gpt-4o?colour=red")
