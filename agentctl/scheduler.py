@@ -228,7 +228,6 @@ class Scheduler:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.interrupt, "interrupted" if sig == signal.SIGINT else "terminated")
         self._io = _FileThread(loop)
-        restore_watcher = _watch_children_with_pidfds(loop)
         try:
             self._skip_unreachable()
             self._advance_groups()
@@ -293,7 +292,6 @@ class Scheduler:
                 await self.registry.aclose()
             io, self._io = self._io, None
             io.close()  # every derived file is written before the driver exits
-            restore_watcher()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
@@ -1111,33 +1109,6 @@ def _same_work(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
                           sort_keys=True)
 
     return key(a) == key(b)
-
-
-def _watch_children_with_pidfds(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
-    """Python 3.11 waits for each subprocess in a thread of its own (ThreadedChildWatcher):
-    a thread started and joined per agent, ~0.1 ms of the driver's time each. Linux 5.3+
-    can poll a pid file descriptor in the event loop instead, as Python 3.12 does by
-    default. Returns what puts the previous watcher back."""
-    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
-        return lambda: None
-    try:
-        os.close(os.pidfd_open(os.getpid()))  # the kernel may lack it, or a sandbox forbid it
-        previous = asyncio.get_child_watcher()
-    except (OSError, RuntimeError):
-        return lambda: None
-    watcher = asyncio.PidfdChildWatcher()
-    watcher.attach_loop(loop)
-    asyncio.set_child_watcher(watcher)
-
-    def restore() -> None:
-        import warnings
-
-        with warnings.catch_warnings():  # "detached with pending handlers": agents left
-            warnings.simplefilter("ignore")  # behind by an interrupt; resume stops them
-            watcher.close()
-        asyncio.set_child_watcher(previous)
-
-    return restore
 
 
 def _write_output(task_dir: Path, report: dict[str, Any]) -> None:
