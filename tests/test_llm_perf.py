@@ -162,3 +162,30 @@ def test_a_model_string_is_parsed_once() -> None:
     assert llm._spec(raw) is spec and spec == llm.parse_model(raw)
     with pytest.raises(llm.ModelError):
         llm._spec("openai/gpt-4o?colour=red")
+
+
+def test_the_skill_body_is_masked_by_the_redactor_of_the_moment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The body's masked text is shared between attempts, never between redactors: a value
+    that became secret is masked at once."""
+    secret = "b0dy-" + "y" * 16
+    skill = Skill(name="s", description="d", body=f"Use the key {secret} wisely.", path=Path("s"))
+    monkeypatch.delenv("MY_SERVICE_TOKEN", raising=False)
+
+    def attempt_files(n: int) -> str:
+        async def go() -> Outcome:
+            return await llm.LLMRunner().run(_attempt(tmp_path / str(n), "offline/echo", skill=skill))
+
+        assert _run(go).report is not None
+        return "".join(f.read_text() for f in sorted((tmp_path / str(n) / "attempt").glob("*.json")))
+
+    redact.reset()
+    try:
+        assert secret in attempt_files(1)  # not a secret yet
+        monkeypatch.setenv("MY_SERVICE_TOKEN", secret)
+        redact.reset()
+        for n in (2, 3):
+            text = attempt_files(n)
+            assert secret not in text and "Use the key [REDACTED] wisely." in text
+    finally:
+        redact.reset()

@@ -608,10 +608,12 @@ class _Conversation:
     def _mask(self, value: Any) -> Any:
         """``value`` with secrets masked (``redact``), each distinct text scanned once per
         conversation: the prompt is in every call file and in exchange.json, a reply in its
-        call's response and in the conversation."""
+        call's response and in the conversation. The system message (the skill's body, the
+        same for every task of the skill) once per process."""
         redactor = redact.default()
         if redactor is not self._redactor:
-            self._redactor, self._masked = redactor, {}
+            system = self.messages[0]["content"]
+            self._redactor, self._masked = redactor, {system: _mask_shared(redactor, system)}
         return _masked(value, redactor.text, self._masked)
 
     def details(self) -> dict[str, Any]:
@@ -633,6 +635,22 @@ def _cost(litellm: Any, resp: Any) -> tuple[float, bool]:
         except Exception:  # a model litellm has no price for
             return 0.0, False
     return round(float(cost), 12), True
+
+
+_shared: tuple[redact.Redactor | None, dict[str, str]] = (None, {})
+
+
+def _mask_shared(redactor: redact.Redactor, text: str) -> str:
+    """``redactor.text(text)``, remembered for the process (a few texts: skills' bodies)."""
+    global _shared
+    owner, memo = _shared
+    if owner is not redactor or len(memo) >= 64:
+        _shared = (redactor, {})
+        owner, memo = _shared
+    masked = memo.get(text)
+    if masked is None:
+        masked = memo[text] = redactor.text(text)
+    return masked
 
 
 def _masked(value: Any, text: Callable[[str], str], memo: dict[str, str]) -> Any:
