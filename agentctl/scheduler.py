@@ -142,6 +142,7 @@ class Scheduler:
         self._ready: set[str] = set()
         self._rewound = False
         self._keys: dict[str, str] = {}
+        self._needs_json: dict[tuple[str, ...], tuple[tuple[Any, ...], str]] = {}
 
     # ------------------------------------------------------------------ specs
 
@@ -781,10 +782,11 @@ class Scheduler:
         hb_path = self.run.heartbeat_file(t.id)
         prepare = None
         if files:
+            packet_text = self._packet_json(pkt)
+
             def prepare() -> None:
                 makedirs(attempt_dir)
-                # Compact: agents parse it, and the C encoder is 4x faster than indent=2.
-                write_json_atomic(input_path, pkt, compact=True)
+                write_atomic(input_path, packet_text.encode(), durable=False)
                 if prompt is not None and prompt_path is not None:
                     write_atomic(prompt_path, prompt.encode(), durable=False)
                 touch(hb_path)
@@ -815,6 +817,21 @@ class Scheduler:
             beat=self._beater(t.id, hb_path), record_call=self._call_recorder(t.id, n),
             cached_calls=dict(t.calls), budget_usd=budget_usd, budget_tokens=budget_tokens,
         ), prepare
+
+    def _packet_json(self, pkt: dict[str, Any]) -> str:
+        """The packet as compact JSON (input.json), its `needs` last. The tasks of a wave
+        that need the same tasks share their needs' JSON, encoded once while those reports
+        stay the same objects: 100 reports took 0.1 ms to encode for each of 100 tasks."""
+        needs: dict[str, Any] = pkt["needs"]
+        reports = tuple(needs.values())
+        key = tuple(needs)
+        hit = self._needs_json.get(key)
+        if hit is None or len(hit[0]) != len(reports) or any(
+                a is not b for a, b in zip(hit[0], reports, strict=True)):
+            # The entry holds the reports themselves, so none is freed and its id reused.
+            hit = self._needs_json[key] = (reports, _compact(needs))
+        head = _compact({k: v for k, v in pkt.items() if k != "needs"})
+        return f'{head[:-1]},"needs":{hit[1]}}}\n'
 
     def _budget_left(self, tid: str) -> tuple[float | None, int | None]:
         """What this attempt may spend: the least of the run's and the task's remainders."""
@@ -1096,6 +1113,10 @@ def _same_work(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
                           sort_keys=True)
 
     return key(a) == key(b)
+
+
+def _compact(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 def _write_output(task_dir: Path, report: dict[str, Any]) -> None:

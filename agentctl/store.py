@@ -132,14 +132,21 @@ def write_json_atomic(path: Path, obj: Any, *, durable: bool = False, compact: b
 
 def makedirs(path: Path) -> None:
     """``path`` and its missing parents, each 0700 (``mkdir(parents=True)`` would give the
-    parents it creates the umask's mode, 0755 as a rule)."""
-    missing = []
-    while not path.is_dir():
-        missing.append(path)
-        path = path.parent
-    for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            d.mkdir(mode=0o700)
+    parents it creates the umask's mode, 0755 as a rule). Tries the directory itself first:
+    a failed mkdir costs less than the stats of walking up to see what exists."""
+    try:
+        os.mkdir(path, 0o700)
+        return
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return
+    except FileNotFoundError:
+        if path.parent == path:
+            raise
+    makedirs(path.parent)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
 
 
 class WalScan:
