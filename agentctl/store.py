@@ -217,6 +217,9 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.run_id = path.name
+        # Joined once: the scheduler asks for a few paths per attempt.
+        self._tasks = path / "tasks"
+        self._beats = path / "heartbeats"
 
     # paths
     @property
@@ -233,7 +236,7 @@ class RunDir:
 
     @property
     def heartbeats(self) -> Path:
-        return self.path / "heartbeats"
+        return self._beats
 
     @property
     def driver_file(self) -> Path:
@@ -244,13 +247,13 @@ class RunDir:
         return self.path / "control"
 
     def task_dir(self, task_id: str) -> Path:
-        return self.path / "tasks" / task_id
+        return self._tasks / task_id
 
     def attempt_dir(self, task_id: str, attempt: int) -> Path:
-        return self.task_dir(task_id) / "attempts" / str(attempt)
+        return self._tasks.joinpath(task_id, "attempts", str(attempt))
 
     def heartbeat_file(self, task_id: str) -> Path:
-        return self.heartbeats / f"{task_id}.beat"
+        return self._beats / f"{task_id}.beat"
 
     def exists(self) -> bool:
         return self.wal.exists()
