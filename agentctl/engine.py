@@ -274,9 +274,12 @@ def _kill_run_processes(run: store.RunDir) -> set[int]:
     """Every agent process group of this run still alive: orphans of a dead driver (called
     with the run's lock held, so no live driver owns them). Found by their environment, so no
     pid file is needed (none is written): AGENTCTL_INPUT is a path inside this run's
-    directory (run ids alone repeat across state directories)."""
-    prefix = f"AGENTCTL_INPUT={run.path.absolute()}/".encode()
-    me = os.getpid()
+    directory (run ids alone repeat across state directories). Both sides are resolved, so
+    an agent started through a symlink or another spelling of the state directory is found.
+    A group whose leader is gone is still stopped, through any member left in it."""
+    root = os.path.realpath(run.path) + os.sep
+    key = b"AGENTCTL_INPUT="
+    me, my_group = os.getpid(), os.getpgid(0)
     killed: set[int] = set()
     try:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
@@ -287,12 +290,14 @@ def _kill_run_processes(run: store.RunDir) -> set[int]:
             continue
         try:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            if not any(v.startswith(prefix) for v in env):
+            value = next((v[len(key):] for v in env if v.startswith(key)), None)
+            if value is None or not os.path.realpath(os.fsdecode(value)).startswith(root):
                 continue
-            if os.getpgid(pid) != pid:
-                continue  # not a group leader: its leader's group is stopped instead
-            os.killpg(pid, signal.SIGKILL)
-            killed.add(pid)
+            group = os.getpgid(pid)
+            if group in killed or group == my_group:
+                continue
+            os.killpg(group, signal.SIGKILL)
+            killed.add(group)
         except (OSError, ProcessLookupError):
             continue
     return killed

@@ -37,8 +37,9 @@ class Redactor:
         alts = [re.escape(v) for v in vals] + PATTERNS
         self._re = re.compile("|".join(f"(?:{a})" for a in alts))
         # In JSON text a value holding `"`, `\\` or a control character appears escaped
-        # (and, from an ASCII-only encoder, with \\uXXXX for the rest): match those forms too.
-        forms = {f for v in vals for f in (v, json.dumps(v, ensure_ascii=False)[1:-1],
+        # (and, from an ASCII-only encoder, with \\uXXXX for the rest): those forms are what
+        # to look for. Never the raw value: one holding `","` would match across members.
+        forms = {f for v in vals for f in (json.dumps(v, ensure_ascii=False)[1:-1],
                                            json.dumps(v)[1:-1])}
         self._json_forms = tuple(sorted(forms, key=len, reverse=True))
         self._json_re = re.compile("|".join(f"(?:{a})" for a in

@@ -70,6 +70,14 @@ def _encode_clean(rec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     (their JSON-escaped forms included); the rare record that holds one is masked again
     value by value should the text pass have cut into an escape sequence."""
     body = _dumps(rec)
+    try:
+        body.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON allows "\ud800"; an agent's report may hold one) is no
+        # text: written as "?" rather than crash the driver, and the record applied is the
+        # record written.
+        body = body.encode("utf-8", "replace").decode("utf-8")
+        rec = json.loads(body)
     clean = redact.default().json_text(body)
     if clean is body:
         return body, rec
@@ -301,26 +309,39 @@ class Journal:
         self.seq = next_seq - 1
         self.fsyncs = 0
         self._pending: list[bytes] = []
+        self._broken: BaseException | None = None
         self._fd = os.open(run.wal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def stage(self, rec: dict[str, Any]) -> dict[str, Any]:
         """Number, stamp, mask and encode a record for the next ``flush``; returns the record
         as it will be written (``rec`` itself is left as it was). Nothing may act on it
         outside this process before ``flush`` returns."""
+        if self._broken is not None:
+            raise self._broken
+        # Numbered once encoded: a record that cannot be encoded leaves no gap in the WAL.
+        body, full = _encode_clean({"seq": self.seq + 1, "at": rec.get("at") or now_iso(), **rec})
         self.seq += 1
-        body, full = _encode_clean({"seq": self.seq, "at": rec.get("at") or now_iso(), **rec})
         self._pending.append(_line(body))
         return full
 
     def flush(self) -> None:
         """Make every staged record durable: one write, one fsync (group commit)."""
+        if self._broken is not None:
+            raise self._broken
         if not self._pending:
             return
         data, self._pending = b"".join(self._pending), []
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
-        os.fsync(self._fd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except BaseException as e:
+            # Part of the batch may be on disk: nothing more may be written after it (a later
+            # batch would leave damage in the middle of the log). The driver must stop;
+            # resume cuts the torn tail.
+            self._broken = e
+            raise
         self.fsyncs += 1
 
     def append(self, records: list[dict[str, Any]]) -> None:

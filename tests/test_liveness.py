@@ -133,3 +133,20 @@ def test_an_agent_that_exits_is_done_even_if_a_child_holds_its_output_open(
     assert r.returncode == 0, (r.stdout, r.stderr)
     (only,) = ended(project, "r1", "bg")
     assert only["outcome"] == "complete", only
+
+
+def test_a_timed_out_agent_gets_its_grace_period_to_clean_up(project: Project) -> None:
+    """SIGTERM first, then the grace period, then SIGKILL: an agent that traps TERM and needs
+    a moment to clean up gets it (its cleanup runs), and nothing of it is left running."""
+    marker = project.root / "cleaned"
+    script = (f'trap \'sleep 0.4; echo done > "{marker}"; exit 143\' TERM; '
+              f'echo $$ > "{project.root / "agent.pid"}"; sleep 30 & wait')
+    project.pipeline({"slow": {"command": ["sh", "-c", script], "timeout": "1s",
+                               "effects": "read-only"}})
+    r = project.cli("run", "p.yaml", "--run-id", "r1")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "ResourceWarning" not in r.stderr
+    (end,) = ended(project, "r1", "slow")
+    assert end["category"] == "timeout"
+    assert marker.read_text().strip() == "done"  # the cleanup ran before any SIGKILL
+    assert gone(int((project.root / "agent.pid").read_text()))

@@ -245,3 +245,31 @@ def test_status_imports_no_litellm(project: Project) -> None:
                     if line.startswith("import time:")]
         assert "agentctl.views" in imported  # the check sees the imports...
         assert not [m for m in imported if m.split(".")[0] == "litellm"], args  # ...none is litellm
+
+
+def test_resume_stops_an_orphan_of_a_run_started_through_a_symlink(project: Project) -> None:
+    """The dead driver's agents are found by the run's directory in their environment, both
+    sides resolved: a run started through a symlink and resumed through the real path (or
+    the other way round, or after `..`) still has its orphan stopped before the retry."""
+    gate = project.root / "gate"
+    project.behave("slow", gate=str(gate))
+    project.pipeline({"slow": {"effects": "read-only"}})
+    real = project.state
+    real.mkdir(parents=True, exist_ok=True)
+    link = project.root / "state-link"
+    link.symlink_to(real, target_is_directory=True)
+    project.state = link
+    driver = project.spawn("run", "p.yaml", "--run-id", "r1")
+    wait_for(lambda: project.running("r1", "slow"), "'slow' to start")
+    (orphan,) = [e["pid"] for e in project.executions("slow")]
+    os.kill(driver.pid, signal.SIGKILL)
+    assert driver.wait() == -signal.SIGKILL
+    assert not gone(orphan)
+
+    project.state = real
+    resume = project.spawn("resume", "r1")
+    wait_for(lambda: gone(orphan), "the orphan agent to be stopped")
+    gate.touch()
+    assert resume.wait() == 0, resume.describe()
+    assert "stopped 1 agent process group(s)" in resume.stdout + resume.stderr
+    assert [e["attempt"] for e in project.executions("slow")] == [1, 2]

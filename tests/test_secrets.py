@@ -107,3 +107,18 @@ def test_wal_lines_mask_secrets_in_their_json_form(tmp_path: Path, secret: str, 
         assert secret.encode() not in (tmp_path / "wal.jsonl").read_bytes()
     else:
         assert back["message"] == said
+
+
+def test_a_secret_holding_json_punctuation_never_matches_across_members(tmp_path: Path) -> None:
+    from agentctl import redact, store
+
+    redact._default = redact.Redactor(['a","b":"c'])
+    try:
+        journal = store.Journal(store.RunDir(tmp_path), next_seq=1)
+        rec = {"type": "note", "p": "xa", "b": "cy"}  # its JSON text holds the raw value
+        journal.append([rec])
+        journal.close()
+    finally:
+        redact.reset()
+    (back,) = store.scan_wal(tmp_path / "wal.jsonl").records
+    assert (back["p"], back["b"]) == ("xa", "cy")

@@ -262,3 +262,29 @@ def test_damage_in_the_middle_is_refused_by_status_and_resume(project: Project,
     listing = project.status()["runs"]
     assert [r["status"] for r in listing] == ["unreadable"]
     assert str(run.wal) in listing[0]["error"]
+
+
+def test_a_record_that_cannot_be_encoded_leaves_no_gap(tmp_path: Path) -> None:
+    """A record that fails to encode is refused without using up a sequence number; a lone
+    surrogate (valid in JSON text, not in UTF-8) is written as '?' rather than crash."""
+    journal = store.Journal(store.RunDir(tmp_path), next_seq=1)
+    with pytest.raises(TypeError):
+        journal.stage({"type": "attempt_ended", "task": "t", "bad": {1, 2}})
+    written = journal.stage({"type": "attempt_ended", "task": "t", "message": "a\ud800b"})
+    journal.flush()
+    journal.close()
+    (back,) = store.scan_wal(tmp_path / "wal.jsonl").records
+    assert back["seq"] == 1 and back["message"] == "a?b" and back == written
+
+
+def test_after_a_failed_write_nothing_more_is_written(tmp_path: Path) -> None:
+    """Part of a batch may be on disk after a failed write: a later batch must not follow
+    it (that would be damage in the middle of the log), so the journal refuses to go on."""
+    journal = store.Journal(store.RunDir(tmp_path), next_seq=1)
+    journal.stage({"type": "run_ended", "status": "complete"})
+    os.close(journal._fd)  # the write fails: EBADF
+    with pytest.raises(OSError):
+        journal.flush()
+    with pytest.raises(OSError):
+        journal.stage({"type": "run_ended", "status": "complete"})
+    journal._fd = -1

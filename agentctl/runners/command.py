@@ -65,15 +65,18 @@ class CommandRunner:
         # AGENTCTL_INPUT path in its environment (engine._kill_run_processes).
         watch = _Process(proc, attempt, stdin_data)
         try:
-            rc = await watch.exited
-        except asyncio.CancelledError:
-            await _stop_group(proc, watch, self.grace_s)
+            try:
+                # Shielded: a cancel (timeout, stale, Ctrl-C) must not cancel the exit
+                # future itself, which _stop_group waits on through the grace period.
+                rc = await asyncio.shield(watch.exited)
+            except asyncio.CancelledError:
+                await _stop_group(proc, watch, self.grace_s)
+                raise
+            # A grandchild may hold the pipes open; don't wait on it for long.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(watch.drained), timeout=1.0)
+        finally:
             watch.close()
-            raise
-        # A grandchild may hold the pipes open; don't wait on it for long.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(watch.drained), timeout=1.0)
-        watch.close()
         return _outcome(attempt, rc, bytes(watch.tails[0]), bytes(watch.tails[1]))
 
 
