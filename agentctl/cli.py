@@ -86,12 +86,14 @@ def _parse_inputs(pairs: list[str]) -> dict[str, str]:
 
 
 def _reporter(state_dir: Path | None = None) -> Any:
-    from agentctl.render import LineReporter, LiveReporter
-
     if sys.stdout.isatty() and not os.environ.get("AGENTCTL_PLAIN"):
         from rich.console import Console
 
+        from agentctl.render import LiveReporter
+
         return LiveReporter(Console(), _state_dir(state_dir) if state_dir else None)
+    from agentctl.lines import LineReporter
+
     return LineReporter()
 
 

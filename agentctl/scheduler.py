@@ -1077,6 +1077,7 @@ class Scheduler:
             rec["reason"] = reason
         self.emit(rec)
         self.commit()
+        self.reporter.tick(self.state)
         self.snapshot(force=True)
         return status
 
