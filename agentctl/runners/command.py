@@ -44,7 +44,7 @@ class CommandRunner:
                 attempt.argv,
                 stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                cwd=attempt.workdir, env=attempt.env, start_new_session=True,
+                cwd=attempt.workdir, env=_encoded(attempt.env), start_new_session=True,
             )
         except FileNotFoundError:
             if not attempt.workdir.is_dir():
@@ -78,6 +78,27 @@ class CommandRunner:
         finally:
             watch.close()
         return _outcome(attempt, rc, bytes(watch.tails[0]), bytes(watch.tails[1]))
+
+
+_ENCODED: dict[str, bytes] = {}
+
+
+def _encoded(env: dict[str, str]) -> dict[bytes, bytes]:
+    """The environment as bytes, each string encoded once per process: every agent gets the
+    driver's ~50 variables again, and Popen's own encoding of them took 40 us a spawn."""
+    cache = _ENCODED
+    if len(cache) > 4096:
+        cache.clear()
+    out: dict[bytes, bytes] = {}
+    for k, v in env.items():
+        kb = cache.get(k)
+        if kb is None:
+            kb = cache[k] = os.fsencode(k)
+        vb = cache.get(v)
+        if vb is None:
+            vb = cache[v] = os.fsencode(v)
+        out[kb] = vb
+    return out
 
 
 class _Process:
