@@ -319,7 +319,9 @@ class Journal:
         if self._broken is not None:
             raise self._broken
         # Numbered once encoded: a record that cannot be encoded leaves no gap in the WAL.
-        body, full = _encode_clean({"seq": self.seq + 1, "at": rec.get("at") or now_iso(), **rec})
+        fields = {"seq": self.seq + 1, "at": rec.get("at") or now_iso(), **rec}
+        fields["seq"] = self.seq + 1  # a record staged again keeps no stale number
+        body, full = _encode_clean(fields)
         self.seq += 1
         self._pending.append(_line(body))
         return full
