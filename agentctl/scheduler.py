@@ -203,9 +203,10 @@ class Scheduler:
         data["wal_offset"] = self.journal.offset()
         # Compact (the C encoder): indent=2 would triple its cost on a big run; `jq .` reads it.
         write_json_atomic(self.run.snapshot, data, durable=True, compact=True)
-        # run.json is derived (the WAL is the truth) and costs O(tasks) to write: a big run
-        # would spend a third of its time on it at one a second. Keep it under ~10%.
-        self._snapshot_gap = max(self.opt.snapshot_every_s, 10 * (time.perf_counter() - began))
+        # run.json is derived (the WAL is the truth; status replays the WAL) and costs
+        # O(tasks) to write: a big run would spend a third of its time on it at one a
+        # second. Keep it under ~5%.
+        self._snapshot_gap = max(self.opt.snapshot_every_s, 20 * (time.perf_counter() - began))
 
     # ------------------------------------------------------------------ the loop
 

@@ -88,8 +88,12 @@ class TaskState:
         return len(self.attempts)
 
     def to_dict(self) -> dict[str, Any]:
+        """For run.json: the paid responses (``calls``) stay in the WAL, where a resume
+        reads them; here they would double the size of an llm run's snapshot. Their count
+        is kept."""
         d = dict(self.__dict__)
         d["attempts"] = [dict(a.__dict__) for a in self.attempts]
+        d["calls"] = len(self.calls)
         return d
 
     @property
