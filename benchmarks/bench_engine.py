@@ -128,7 +128,12 @@ def agentctl_env(stats_file: Path | None = None) -> dict[str, str]:
     return env
 
 
-def run_engine(pipeline: Path, work: Path, tag: str) -> Sample:
+def run_engine(pipeline: Path, work: Path, tag: str,
+               span: tuple[str, str] = ("attempt_started", "run_ended")) -> Sample:
+    """One run of the engine as a user starts it; ``span``: the WAL record types whose stamps
+    give the run's own clock (by default its first attempt logged to its end logged, i.e. the
+    engine at work, without the interpreter's start, imports, the parse of the pipeline file,
+    or making the run directory)."""
     state = work / f"state-{tag}"
     stats = work / f"stats-{tag}.json"
     argv = [PY, "-m", "agentctl", "run", str(pipeline), "--state-dir", str(state)]
@@ -140,12 +145,9 @@ def run_engine(pipeline: Path, work: Path, tag: str) -> Sample:
         s.stats = json.loads(stats.read_text())
     except (OSError, ValueError):
         s.stats = {}  # an agentctl without AGENTCTL_STATS_FILE: fsyncs are not known
-    # The run's own clock: its first attempt logged to its end logged, i.e. the engine at
-    # work, without the interpreter's start, imports, the parse of the pipeline file, or
-    # making the run directory.
-    span = wal_span(state, "attempt_started", "run_ended")
-    if span is not None:
-        s.stats["span_s"] = span
+    seconds = wal_span(state, *span)
+    if seconds is not None:
+        s.stats["span_s"] = seconds
     # The state dir stays until the end (the whole work dir goes then): on ext4, deleting a
     # run's ~5,000 files between runs made each next run's system time grow (0.4 s -> 3 s
     # over six noop runs), which measured the deletions, not the engine.
@@ -464,23 +466,11 @@ def write_llm_pipeline(path: Path, name: str, n_tasks: int, n_waves: int, concur
 
 
 def run_llm_engine(pipeline: Path, work: Path, tag: str) -> tuple[Sample, list[dict[str, object]]]:
-    """One engine run, and the litellm requests its runner made (from exchange.json)."""
+    """One engine run, and the litellm requests its runner made (from exchange.json). Its
+    own clock: from its first response logged to its last attempt ended, i.e. the tasks'
+    work without the interpreter's start and litellm's import."""
+    s = run_engine(pipeline, work, tag, span=("llm_call", "attempt_ended"))
     state = work / f"state-{tag}"
-    stats = work / f"stats-{tag}.json"
-    argv = [PY, "-m", "agentctl", "run", str(pipeline), "--state-dir", str(state)]
-    s = run_child(argv, agentctl_env(stats), work / f"stderr-{tag}.txt")
-    if s.rc != 0:
-        tail = (work / f"stderr-{tag}.txt").read_text(errors="replace")[-2000:]
-        raise SystemExit(f"bench: `{shlex.join(argv)}` exited {s.rc}:\n{tail}")
-    try:
-        s.stats = json.loads(stats.read_text())
-    except (OSError, ValueError):
-        s.stats = {}
-    # The run's own clock: from its first response logged to its last attempt ended, i.e.
-    # the tasks' work without the interpreter's start and litellm's import.
-    span = wal_span(state, "llm_call", "attempt_ended")
-    if span is not None:
-        s.stats["span_s"] = span
     requests: list[dict[str, object]] = []
     for path in sorted(state.glob("runs/*/tasks/*/attempts/*/exchange.json")):
         ex = json.loads(path.read_text())
