@@ -3,14 +3,19 @@
 The scheduler is *given* its journal, definition, state, runners and reporter; it prints
 nothing. One pass of the loop:
 
-1. pick the tasks that may start, and log ``attempt_started`` for each;
-2. commit (one fsync for the batch) -- only now may those attempts start;
-3. start them, then wait for one to end (or a tick);
-4. log each ending (with its validated report), the retry decision, the skips it causes;
-5. commit, then write the derived files (output.json) of what was committed.
+1. pick the tasks that may start (from the state, which already holds the endings staged
+   at the end of the last pass), and stage ``attempt_started`` for each;
+2. commit: one write and one fsync for everything staged -- the last pass's endings, the
+   skips and group steps they caused, these starts. Only now is anything acted on: output
+   files written, lines printed, the attempts started;
+3. wait for an attempt to end (or a tick);
+4. stage each ending (with its validated report), the retry decision, the skips it causes,
+   the fan-out and loop steps; back to 1, with no await in between.
 
-Nothing downstream is dispatched until the report it needs is committed in step 5, because
-step 1 of the next pass only reads committed state.
+A record is applied to the in-memory state when it is staged (``emit``), so step 1 sees a
+task that just completed and may start what needs it; nothing outside this process sees
+either before the commit in step 2, so a report is durable before any task that needs it
+is dispatched.
 """
 
 from __future__ import annotations
