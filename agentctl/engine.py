@@ -306,11 +306,9 @@ def _kill_run_processes(run: store.RunDir) -> set[int]:
 def _regenerate_outputs(run: store.RunDir, state: RunState) -> None:
     """output.json is derived from the WAL; after a power loss it may be missing."""
     for t in state.tasks.values():
-        if t.status == "complete" and t.report is not None:
-            path = run.task_dir(t.id) / "output.json"
-            if not path.exists():
-                store.makedirs(path.parent)
-                store.write_json_atomic(path, t.report)
+        tdir = run.task_dir(t.id)
+        if t.status == "complete" and t.report is not None and not (tdir / "output.json").exists():
+            store.write_output(tdir, t.report)
 
 
 def _kill_orphans(run: store.RunDir) -> int:
@@ -391,8 +389,7 @@ def request(state_dir: store.StateDir, run_id: str | None, req: dict[str, Any]) 
 
                 apply(state, rec)
                 if rec["type"] == "task_taken_over":
-                    store.makedirs(run.task_dir(rec["task"]))
-                    store.write_json_atomic(run.task_dir(rec["task"]) / "output.json", rec["report"])
+                    store.write_output(run.task_dir(rec["task"]), rec["report"])
             data = state.to_dict()
             data["wal_seq"] = journal.seq
             data["wal_offset"] = journal.offset()

@@ -41,7 +41,15 @@ from agentctl.models import StepSpec, TaskSpec
 from agentctl.reports import validate_report
 from agentctl.runners.base import Attempt, Outcome, Registry
 from agentctl.state import RunState, TaskState, apply
-from agentctl.store import Journal, RunDir, makedirs, touch, write_atomic, write_json_atomic
+from agentctl.store import (
+    Journal,
+    RunDir,
+    makedirs,
+    touch,
+    write_atomic,
+    write_json_atomic,
+    write_output,
+)
 from agentctl.vocab import SETTLED, Effects, TaskStatus
 
 # Records after which a task that was settled (or parked) may be pending again, or a
@@ -189,7 +197,7 @@ class Scheduler:
             # directory at all: its report is in the WAL (status --json, logs).
             if t.report is not None and (t.group is not None or self._uses_files(t.runner)):
                 try:
-                    _write_output(self.run.task_dir(tid), t.report)
+                    write_output(self.run.task_dir(tid), t.report)
                 except OSError as e:
                     _file_warning(e)
         self._outputs.clear()
@@ -745,8 +753,6 @@ class Scheduler:
             coro = self._execute(t.runner, ctx, prepare)
         except expr.ExprError as e:
             coro = _fail("upstream_failed", f"cannot fill in the task's inputs: {e}")
-        except OSError as e:
-            coro = _fail("crashed", f"cannot prepare the attempt: {e}")
         spec = self._spec(tid)
         self._running[tid] = _Running(
             task_id=tid, attempt=n, future=asyncio.ensure_future(coro), started=now,
@@ -1126,29 +1132,17 @@ def _compact(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
-def _write_output(task_dir: Path, report: dict[str, Any]) -> None:
-    """A task's committed report as ``tasks/<id>/output.json`` (derived from the WAL)."""
-    path = task_dir / "output.json"
-    data = (json.dumps(report, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-    try:
-        write_atomic(path, data, durable=False)
-    except FileNotFoundError:  # no directory yet (a group, an in-process task)
-        makedirs(task_dir)
-        write_atomic(path, data, durable=False)
-
-
 def _file_warning(e: OSError) -> None:
     """output.json is a convenience: failing to write one (a full disk) must not stop the
     run, whose truth is the WAL. Say so on stderr, once per kind of error."""
-    key = (type(e).__name__, getattr(e, "errno", None))
-    if key not in _FILE_ERRORS:
-        _FILE_ERRORS.add(key)
-        sys.stderr.write(f"agentctl: warning: cannot write {getattr(e, 'filename', '') or 'a file'}: "
-                         f"{getattr(e, 'strerror', None) or e} (the WAL has it; `agentctl resume` "
-                         "writes it again)\n")
+    if e.errno not in _FILE_ERRORS:
+        _FILE_ERRORS.add(e.errno)
+        sys.stderr.write(f"agentctl: warning: cannot write {e.filename or 'a file'}: "
+                         f"{e.strerror or e} (the WAL has it; `agentctl resume` writes it "
+                         "again)\n")
 
 
-_FILE_ERRORS: set[tuple[str, int | None]] = set()
+_FILE_ERRORS: set[int | None] = set()
 
 
 async def _fail(category: str, message: str) -> Outcome:

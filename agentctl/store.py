@@ -138,6 +138,17 @@ def write_json_atomic(path: Path, obj: Any, *, durable: bool = False, compact: b
     write_atomic(path, (text + "\n").encode(), durable=durable)
 
 
+def write_output(task_dir: Path, report: dict[str, Any]) -> None:
+    """A task's committed report as ``tasks/<id>/output.json``: derived from the WAL,
+    compact, replaced atomically, not fsync'd (resume writes again what a crash lost)."""
+    path = task_dir / "output.json"
+    try:
+        write_json_atomic(path, report, compact=True)
+    except FileNotFoundError:  # no directory yet (a group, a person's report)
+        makedirs(task_dir)
+        write_json_atomic(path, report, compact=True)
+
+
 def makedirs(path: Path) -> None:
     """``path`` and its missing parents, each 0700 (``mkdir(parents=True)`` would give the
     parents it creates the umask's mode, 0755 as a rule). Tries the directory itself first:
