@@ -136,7 +136,9 @@ def run_table(data: dict[str, Any]) -> Group:
 def _state_rows(state: RunState, beat_age: Any = None) -> dict[str, Any]:
     tasks = []
     for t in state.tasks.values():
-        age = beat_age(t.id) if beat_age is not None and t.status == "running" and t.group is None else None
+        age = None
+        if beat_age is not None and t.status == "running" and t.group is None:
+            age = beat_age(t.id, t.attempts[-1].started_at if t.attempts else None)
         tasks.append({"id": t.id, "wave": t.wave, "status": t.status, "attempts": t.attempt,
                       "heartbeat_age_s": age, "started_at": t.started_at, "ended_at": t.ended_at,
                       "tokens": t.tokens, "cost_usd": t.cost_usd, "error": t.error,

@@ -44,7 +44,6 @@ from agentctl.state import RunState, TaskState, apply
 from agentctl.store import (
     Journal,
     RunDir,
-    makedirs,
     touch,
     write_atomic,
     write_json_atomic,
@@ -78,7 +77,7 @@ class Options:
     concurrency: int = 4
     model_override: str | None = None
     tick_s: float = 0.25
-    snapshot_every_s: float = 1.0
+    snapshot_every_s: float = 2.0
     driver_beat_s: float = 1.0
     backoff_cap_s: float = 60.0
     seed: int | None = None
@@ -218,8 +217,8 @@ class Scheduler:
         write_json_atomic(self.run.snapshot, data, durable=True, compact=True)
         # run.json is derived (the WAL is the truth; status replays the WAL) and costs
         # O(tasks) to write: a big run would spend a third of its time on it at one a
-        # second. Keep it under ~5%.
-        self._snapshot_gap = max(self.opt.snapshot_every_s, 20 * (time.perf_counter() - began))
+        # second. Keep it under ~2%.
+        self._snapshot_gap = max(self.opt.snapshot_every_s, 50 * (time.perf_counter() - began))
 
     # ------------------------------------------------------------------ the loop
 
@@ -797,11 +796,13 @@ class Scheduler:
             packet_text = self._packet_json(pkt)
 
             def prepare() -> None:
-                makedirs(attempt_dir)
+                self.run.make_attempt_dir(t.id, n)
                 write_atomic(input_path, packet_text.encode(), durable=False)
                 if prompt is not None and prompt_path is not None:
                     write_atomic(prompt_path, prompt.encode(), durable=False)
-                touch(hb_path)
+                # No heartbeat file yet: it is made at the attempt's first beat (an agent's
+                # `touch`, or ours), and `status` counts a missing or older one from the
+                # attempt's start. Most short tasks never beat.
         output_path = attempt_dir / "report.json"
         workspace = Path(self.state.workspace or ".")
         workdir = workspace / spec.workdir if spec.workdir else workspace
@@ -862,17 +863,19 @@ class Scheduler:
         return left_usd, left_tok
 
     def _beater(self, tid: str, path: Path) -> Callable[[], None]:
-        last = [0.0]
+        # The file is for `status`, which counts from the attempt's start until the file is
+        # newer: its first write is due half a second in, then at most every half second.
+        last = [self.clock()]
 
         def beat() -> None:
             now = self.clock()
             r = self._running.get(tid)
             if r is not None:
                 r.last_life = now
-            if now - last[0] >= 0.5:  # the file is for `status`; keep syscalls rare
+            if now - last[0] >= 0.5:
                 last[0] = now
                 with contextlib.suppress(OSError):
-                    os.utime(path)
+                    touch(path)
 
         return beat
 
@@ -1001,7 +1004,10 @@ class Scheduler:
         if outcome.report is not None and outcome.category is None:
             spec = self._spec(t.id)
             skill = self.defn.skills.get(spec.skill) if spec.skill else None
-            report, problems = validate_report(outcome.report, skill.output_schema if skill else None)
+            report: dict[str, Any] | None = outcome.report
+            problems: list[str] = []
+            if not outcome.validated:  # else the runner did, against this same schema
+                report, problems = validate_report(outcome.report, skill.output_schema if skill else None)
             if report is None:
                 outcome = Outcome(category="invalid_output", retryable=True,
                                   message="the report does not validate: " + "; ".join(problems))

@@ -24,6 +24,7 @@ Promises, in the order things happen:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -110,10 +111,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_tmp_names = itertools.count()
+
+
 def write_atomic(path: Path, data: bytes, *, durable: bool) -> None:
     """Replace ``path`` with ``data``: readers see the old or the new file, never a mix."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    dirname, _, name = os.fspath(path).rpartition("/")
+    while True:
+        # Unique among live processes (the pid) and within this one (the count); a name
+        # left by a dead process that had our pid is skipped.
+        tmp = f"{dirname}/.{name}.{os.getpid()}-{next(_tmp_names)}{TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            break
+        except FileExistsError:
+            continue
     try:
         view = memoryview(data)
         while view:
@@ -271,6 +283,18 @@ class RunDir:
     def attempt_dir(self, task_id: str, attempt: int) -> Path:
         return self._tasks.joinpath(task_id, "attempts", str(attempt))
 
+    def make_attempt_dir(self, task_id: str, attempt: int) -> None:
+        """``tasks/<id>/attempts/<n>``, each 0700, made top-down: a task's first attempt
+        costs its three mkdirs and no failed one (``makedirs`` tries the deepest first)."""
+        path = os.fspath(self._tasks)
+        try:
+            for part in (task_id, "attempts", str(attempt)):
+                path = f"{path}/{part}"
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(path, 0o700)
+        except FileNotFoundError:  # no tasks/ (made with the run): make what is missing
+            makedirs(self.attempt_dir(task_id, attempt))
+
     def heartbeat_file(self, task_id: str) -> Path:
         return self._beats / f"{task_id}.beat"
 
@@ -287,11 +311,23 @@ class RunDir:
             return None, None
         return (info if isinstance(info, dict) else None), max(0.0, time.time() - st.st_mtime)
 
-    def heartbeat_age(self, task_id: str) -> float | None:
+    def heartbeat_age(self, task_id: str, since: str | None = None) -> float | None:
+        """Seconds since the task last beat: its heartbeat file's age, or, when that file is
+        missing (it is made at an attempt's first beat) or older (an earlier attempt's),
+        the time since ``since``, the running attempt's start (an ISO stamp)."""
+        now = time.time()
         try:
-            return max(0.0, time.time() - self.heartbeat_file(task_id).stat().st_mtime)
+            age: float | None = max(0.0, now - self.heartbeat_file(task_id).stat().st_mtime)
         except FileNotFoundError:
-            return None
+            age = None
+        if since:
+            try:
+                started = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                return age
+            from_start = max(0.0, now - started)
+            return from_start if age is None else min(age, from_start)
+        return age
 
 
 def pid_alive(pid: int) -> bool:

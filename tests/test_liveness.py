@@ -150,3 +150,34 @@ def test_a_timed_out_agent_gets_its_grace_period_to_clean_up(project: Project) -
     assert end["category"] == "timeout"
     assert marker.read_text().strip() == "done"  # the cleanup ran before any SIGKILL
     assert gone(int((project.root / "agent.pid").read_text()))
+
+
+def test_heartbeat_age_counts_from_the_attempts_start_until_its_first_beat(project: Project) -> None:
+    # The heartbeat file is made at an attempt's first beat, not when it starts. Until then
+    # (and over a file an earlier attempt left, however old) `status` counts from the start.
+    project.behave("quiet", chatter=30.0)  # prints (a sign of life for the driver), never touches it
+    project.pipeline({"quiet": {"heartbeat": "10s", "effects": "read-only"}})
+    driver = project.spawn("run", "p.yaml", "--run-id", "r1")
+    try:
+        wait_for(lambda: project.running("r1", "quiet"), "'quiet' to start")
+        beat_file = project.run_dir("r1").heartbeat_file("quiet")
+        hour_ago = time.time() - 3600
+        beat_file.touch()
+        os.utime(beat_file, (hour_ago, hour_ago))  # as if an attempt of an hour ago left it
+        (row,) = project.status("r1")["tasks"]
+        assert row["status"] == "running"  # not stale: 3600 s is far over 3 beats of 10 s
+        assert row["heartbeat_age_s"] is not None and row["heartbeat_age_s"] < 30
+        beat_file.unlink()  # no file at all: the same
+        (row,) = project.status("r1")["tasks"]
+        assert row["status"] == "running"
+        assert row["heartbeat_age_s"] is not None and row["heartbeat_age_s"] < 30
+    finally:
+        os.kill(driver.pid, signal.SIGINT)  # Ctrl-C: stops the agent, ends the run (130)
+        assert driver.wait() == 130, driver.describe()
+
+
+def test_a_short_task_leaves_no_heartbeat_file(project: Project) -> None:
+    project.pipeline({"quick": {"command": ["true"], "effects": "read-only"}})
+    r = project.cli("run", "p.yaml", "--run-id", "r1")
+    assert r.returncode == 0, r.stderr
+    assert not project.run_dir("r1").heartbeat_file("quick").exists()

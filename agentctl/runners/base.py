@@ -54,9 +54,12 @@ class Attempt:
 
 @dataclass
 class Outcome:
-    """How an attempt ended. ``report`` is the raw report (validated by the scheduler)."""
+    """How an attempt ended. ``report`` is the raw report, validated by the scheduler
+    unless ``validated``: the runner already passed it through ``validate_report`` against
+    the task's skill's output schema, and this is what that returned."""
 
     report: dict[str, Any] | None = None
+    validated: bool = False
     category: str | None = None  # set when the attempt failed without a report
     message: str | None = None
     retryable: bool = False
