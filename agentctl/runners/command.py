@@ -18,6 +18,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -174,6 +175,7 @@ def _spawn(argv: list[str], workdir: Path, env: dict[bytes, bytes], stdin: bool)
     except (OSError, ValueError):
         for fd in ours:
             os.close(fd)
+        _found.pop((argv[0], env.get(b"PATH")), None)
         return None
     finally:
         for fd in theirs:
@@ -202,12 +204,30 @@ def _sweep() -> bool:
     return _swept
 
 
+_found: dict[tuple[str, bytes | None], tuple[float, str | None]] = {}
+
+
 def _which(name: str, path: bytes | None) -> str | None:
     """The program ``name`` names, searched as exec does (and Popen with ``env``): a name
     with a slash as it is, else the first regular, executable file of that name along the
-    agent's PATH. Searched afresh for every agent, as Popen would. None: not found."""
+    agent's PATH. None: not found. An answer is kept for a second (a thousand short agents
+    would search the same PATH a thousand times); a program gone since makes posix_spawn
+    fail, and Popen then searches afresh."""
     if "/" in name:
         return name
+    key = (name, path)
+    now = time.monotonic()
+    hit = _found.get(key)
+    if hit is not None and now < hit[0]:
+        return hit[1]
+    if len(_found) > 256:
+        _found.clear()
+    found = _search(name, path)
+    _found[key] = (now + 1.0, found)
+    return found
+
+
+def _search(name: str, path: bytes | None) -> str | None:
     dirs = os.fsdecode(path).split(os.pathsep) if path is not None else os.defpath.split(os.pathsep)
     for d in dirs:
         candidate = os.path.join(d or ".", name)
