@@ -138,17 +138,20 @@ def start(pipeline_path: Path, state_dir: store.StateDir, *, inputs: dict[str, s
                   "runner": defn.runner_of(t), "skill": s.skill,
                   "heartbeat": defn.heartbeat_of(t)}
                  for t, s in defn.pipeline.tasks.items()]
-        journal.append([
+        first = [
             {"type": "run_started", "run_id": rid, "pipeline": defn.pipeline.name,
              "workspace": os.getcwd(), "inputs": values, "tasks": tasks,
              "definition_sha": defn.sha256,
              "options": {"pipeline_path": str(pipeline_path.resolve()), "model": model,
                          "concurrency": opts.concurrency}},
             {"type": "driver_started", **store.driver_identity("run")},
-        ])
+        ]
+        journal.append(first)  # each record becomes what was written (numbered, masked)
         run = state_dir.publish(staged, rid)
         journal.run = run
-        state = replay(store.scan_wal(run.wal).records)
+        # The state from the records as written, not read back: run_started lists every
+        # task with its needs (900 KB for 1,000 tasks in 10 waves of 100), 20 ms to scan.
+        state = replay(first)
         status = _drive(run, journal, defn, state, registry, reporter, opts)
         return Outcome(rid, status, waiting_notes(state))
     finally:
