@@ -44,6 +44,7 @@ from agentctl.state import RunState, TaskState, apply
 from agentctl.store import (
     Journal,
     RunDir,
+    fresh_beat,
     touch,
     write_atomic,
     write_json_atomic,
@@ -800,9 +801,11 @@ class Scheduler:
                 write_atomic(input_path, packet_text.encode(), durable=False)
                 if prompt is not None and prompt_path is not None:
                     write_atomic(prompt_path, prompt.encode(), durable=False)
-                # No heartbeat file yet: it is made at the attempt's first beat (an agent's
-                # `touch`, or ours), and `status` counts a missing or older one from the
-                # attempt's start. Most short tasks never beat.
+                if argv is not None:
+                    # A process may beat with utime or `touch -c`: its file must exist, and
+                    # be ours (0600). An in-process runner's is made at its first beat
+                    # (ours, 0.5 s in); `status` counts from the attempt's start until then.
+                    fresh_beat(hb_path)
         output_path = attempt_dir / "report.json"
         workspace = Path(self.state.workspace or ".")
         workdir = workspace / spec.workdir if spec.workdir else workspace

@@ -116,11 +116,11 @@ _tmp_names = itertools.count()
 
 def write_atomic(path: Path, data: bytes, *, durable: bool) -> None:
     """Replace ``path`` with ``data``: readers see the old or the new file, never a mix."""
-    dirname, _, name = os.fspath(path).rpartition("/")
+    dirname, sep, name = os.fspath(path).rpartition("/")  # "", "", name: a bare name
     while True:
         # Unique among live processes (the pid) and within this one (the count); a name
         # left by a dead process that had our pid is skipped.
-        tmp = f"{dirname}/.{name}.{os.getpid()}-{next(_tmp_names)}{TMP_SUFFIX}"
+        tmp = f"{dirname}{sep}.{name}.{os.getpid()}-{next(_tmp_names)}{TMP_SUFFIX}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             break
@@ -565,6 +565,15 @@ def clean_temp_files(root: Path) -> int:
                     os.unlink(os.path.join(dirpath, name))
                     removed += 1
     return removed
+
+
+def fresh_beat(path: Path) -> None:
+    """A heartbeat file as an attempt starts: made (0600), or its time set if an earlier
+    attempt made it. Creating first: a task's first attempt is the common case."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        os.utime(path)
 
 
 def touch(path: Path) -> None:

@@ -4,12 +4,20 @@ agents, real processes, through the CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
+import ssl
 import stat
 import subprocess
+import threading
 from pathlib import Path
 
 from harness import Project
+
+from agentctl.models import StepSpec
+from agentctl.runners.base import Attempt
+from agentctl.runners.command import CommandRunner
 
 
 def sh(script: str) -> list[str]:
@@ -103,3 +111,73 @@ def test_an_agent_gets_no_descriptor_the_driver_inherited(project: Project) -> N
     fds = {int(x) for x in summaries(project, "r1")["fds"].split()}
     assert 77 not in fds
     assert fds <= {0, 1, 2, 3}  # 3: ls's own handle on /proc/self/fd
+
+
+def _attempt(argv: list[str], tmp: Path, n: int) -> Attempt:
+    d = tmp / f"a{n}"
+    d.mkdir(parents=True)
+    return Attempt(run_id="r", task_id="t", attempt=1, idempotency_key="k",
+                   spec=StepSpec.model_validate({"command": argv}), skill=None, model=None,
+                   models=[], workspace=Path.cwd(), workdir=Path.cwd(), attempt_dir=d,
+                   input_path=d / "input.json", output_path=d / "report.json", prompt_path=None,
+                   heartbeat_path=d / "beat", packet={}, prompt=None, argv=argv,
+                   env=dict(os.environ), beat=lambda: None)
+
+
+def test_no_descriptor_another_thread_opens_reaches_an_agent(tmp_path: Path) -> None:
+    # OpenSSL opens its CA bundle without close-on-exec (litellm's import thread does this
+    # while the first agents start): Popen's close_fds hides that, posix_spawn would not.
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            ssl.create_default_context()
+
+    async def main() -> list[str]:
+        runner, seen = CommandRunner(), []
+        for i in range(60):
+            out = await runner.run(_attempt(["ls", "-l", "/proc/self/fd"], tmp_path, i))
+            assert out.report is not None, out.message
+            seen += [line for line in out.report["summary"].splitlines()[1:]
+                     if not re.search(r" [0-3] -> ", line)]  # 3: ls's own handle on the dir
+        return seen
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        seen = asyncio.run(main())
+    finally:
+        stop.set()
+        thread.join()
+    assert seen == [], f"{len(seen)} leaked, e.g. {seen[:2]}"
+
+
+def test_a_workspace_made_again_by_a_task_still_runs_the_next_task(project: Project) -> None:
+    # The driver's directory is deleted and made again: its cwd is gone, Popen's chdir is not.
+    ws = project.root / "ws"
+    ws.mkdir()
+    project.pipeline({
+        "fresh": {"command": sh("cd .. && rm -rf ws && mkdir ws"), "effects": "mutating"},
+        "build": {"needs": "fresh", "command": ["pwd"], "effects": "read-only"}})
+    r = subprocess.run(project._argv(("run", str(project.root / "p.yaml"), "--run-id", "r1")),
+                       cwd=ws, env=project.env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert Path(summaries(project, "r1")["build"]).resolve() == ws.resolve()
+
+
+def test_a_program_put_earlier_on_path_by_a_task_is_the_one_run(project: Project) -> None:
+    early, late = project.root / "early", project.root / "late"
+    early.mkdir()
+    late.mkdir()
+    (late / "tool").write_text("#!/bin/sh\necho system tool\n")
+    (late / "tool").chmod(0o755)
+    install = f'printf "#!/bin/sh\\necho project wrapper\\n" > {early}/tool && chmod +x {early}/tool'
+    project.pipeline({
+        "probe": {"command": ["tool"], "effects": "read-only"},
+        "install": {"needs": "probe", "command": sh(install), "effects": "mutating"},
+        "use": {"needs": "install", "command": ["tool"], "effects": "read-only"}},
+        defaults={"env": {"PATH": f"{early}:{late}:/usr/bin:/bin"}})
+    r = project.cli("run", "p.yaml", "--run-id", "r1")
+    assert r.returncode == 0, r.stderr
+    got = summaries(project, "r1")
+    assert (got["probe"], got["use"]) == ("system tool", "project wrapper")

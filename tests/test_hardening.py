@@ -4,10 +4,13 @@ escapes, usage errors, unusable state dirs, inputs with no default, zero duratio
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import pytest
 from harness import Project, check_run_files
 
 
@@ -110,3 +113,21 @@ def test_starting_a_run_sweeps_only_staging_dirs_left_by_dead_drivers(project: P
     assert r.returncode == 0, r.stderr
     assert starting.exists() and not dead.exists()
     assert [x["run_id"] for x in project.status()["runs"]] == ["r1"]
+
+
+def test_a_report_to_a_bare_file_name_is_written_beside_it(project: Project) -> None:
+    # write_atomic's temp file goes beside the target: for a bare name, in the current
+    # directory, not "/" (a rename from / to another filesystem fails, EXDEV).
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(project.root).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the tests' tmp dir")
+    project.pipeline({"a": {"command": sh("true")}})
+    assert project.cli("run", "p.yaml", "--run-id", "r1").returncode == 0
+    out = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        r = subprocess.run(project._argv(("report", "r1", "-o", "report.html")), cwd=out,
+                           env=project.env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert [p.name for p in out.iterdir()] == ["report.html"]
+    finally:
+        shutil.rmtree(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import time
 from typing import Any
 
@@ -176,8 +177,19 @@ def test_heartbeat_age_counts_from_the_attempts_start_until_its_first_beat(proje
         assert driver.wait() == 130, driver.describe()
 
 
-def test_a_short_task_leaves_no_heartbeat_file(project: Project) -> None:
-    project.pipeline({"quick": {"command": ["true"], "effects": "read-only"}})
+@pytest.mark.parametrize("how", ["utime", "touch -c", "touch with umask 022"])
+def test_a_command_agent_finds_its_heartbeat_file_made_and_private(project: Project, how: str) -> None:
+    # An agent may beat by setting the file's time (utime, `touch -c`): it must exist when
+    # the agent starts, and stay the driver's (0600) whatever the agent's umask.
+    cmd = {
+        "utime": ["python3", "-c", "import os, time\nfor _ in range(4):\n"
+                  "    os.utime(os.environ['AGENTCTL_HEARTBEAT']); time.sleep(0.4)"],
+        "touch -c": ["sh", "-c", 'for i in 1 2 3 4; do touch -c "$AGENTCTL_HEARTBEAT"; sleep 0.4; done'],
+        "touch with umask 022": ["sh", "-c", 'umask 022; touch "$AGENTCTL_HEARTBEAT"'],
+    }[how]
+    project.pipeline({"a": {"command": cmd, "heartbeat": "500ms", "effects": "read-only"}})
     r = project.cli("run", "p.yaml", "--run-id", "r1")
     assert r.returncode == 0, r.stderr
-    assert not project.run_dir("r1").heartbeat_file("quick").exists()
+    assert ended(project, "r1", "a")[0]["outcome"] == "complete"
+    beat = project.run_dir("r1").heartbeat_file("a")
+    assert stat.S_IMODE(beat.stat().st_mode) == 0o600

@@ -18,7 +18,7 @@ import os
 import signal
 import stat
 import subprocess
-import time
+import threading
 from pathlib import Path
 from typing import IO, Any
 
@@ -133,7 +133,8 @@ class _Spawned:
 _Child = _Spawned | subprocess.Popen[bytes]
 # What Popen's restore_signals gives a child: Python ignores these, an agent must not.
 _SIGDEF = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name))
-_swept: bool | None = None  # None: not yet; False: cannot (no /proc): Popen only
+_swept: bool | None = None  # None: to do (first use, or threads ran since); False: no /proc
+_unreaped: list[_Spawned] = []  # agents that outlived SIGKILL and its grace (stuck in the kernel)
 
 
 def _spawn(argv: list[str], workdir: Path, env: dict[bytes, bytes], stdin: bool) -> _Spawned | None:
@@ -142,15 +143,27 @@ def _spawn(argv: list[str], workdir: Path, env: dict[bytes, bytes], stdin: bool)
     stand in for Popen; Popen starts that one, and words any error. Popen's other duties:
     the new session (``setsid``), signal dispositions (``setsigdef``), PATH searched in
     the agent's own environment (``_which``), and no descriptor of ours left open in the
-    agent: ours are all close-on-exec (Python's default), and any that this process
-    inherited open are made so once (``_sweep``)."""
-    if not hasattr(os, "posix_spawn") or not _sweep():
+    agent (Popen closes them all in the child; posix_spawn only honours close-on-exec).
+    Ours are close-on-exec (Python's default); ``_sweep`` makes any others so. A C library
+    in another thread may open one without it at any moment (OpenSSL reading its CA bundle
+    while litellm imports, for one): while another thread lives, Popen starts agents."""
+    global _swept
+    if not hasattr(os, "posix_spawn") or _swept is False:
         return None
-    if os.fspath(workdir) != os.getcwd():  # posix_spawn cannot change directory (3.11)
+    if threading.active_count() > 1:
+        _swept = None  # what those threads left open is swept before the next posix_spawn
+        return None
+    try:
+        if os.fspath(workdir) != os.getcwd():  # posix_spawn cannot change directory (3.11)
+            return None
+    except OSError:  # our directory is gone (a task made the workspace again): Popen's chdir
         return None
     exe = _which(argv[0], env.get(b"PATH"))
-    if exe is None:
+    if exe is None or not _sweep():
         return None
+    for old in _unreaped[:]:
+        if old.poll() is not None:
+            _unreaped.remove(old)
     ours: list[int] = []
     theirs: list[int] = []
     try:
@@ -175,7 +188,6 @@ def _spawn(argv: list[str], workdir: Path, env: dict[bytes, bytes], stdin: bool)
     except (OSError, ValueError):
         for fd in ours:
             os.close(fd)
-        _found.pop((argv[0], env.get(b"PATH")), None)
         return None
     finally:
         for fd in theirs:
@@ -186,8 +198,8 @@ def _spawn(argv: list[str], workdir: Path, env: dict[bytes, bytes], stdin: bool)
 
 
 def _sweep() -> bool:
-    """Once per process: every descriptor this process inherited open (fd 3 and up) is
-    made close-on-exec, so no agent started by posix_spawn gets one (Popen's close_fds)."""
+    """Every descriptor of this process from 3 up made close-on-exec: those it inherited,
+    and any a thread opened without (done again after threads ran). False: no /proc."""
     global _swept
     if _swept is None:
         try:
@@ -204,33 +216,24 @@ def _sweep() -> bool:
     return _swept
 
 
-_found: dict[tuple[str, bytes | None], tuple[float, str | None]] = {}
+_path_dirs: dict[bytes | None, list[str]] = {}
 
 
 def _which(name: str, path: bytes | None) -> str | None:
     """The program ``name`` names, searched as exec does (and Popen with ``env``): a name
     with a slash as it is, else the first regular, executable file of that name along the
-    agent's PATH. None: not found. An answer is kept for a second (a thousand short agents
-    would search the same PATH a thousand times); a program gone since makes posix_spawn
-    fail, and Popen then searches afresh."""
+    agent's PATH, searched afresh for every agent (a task may install a program another
+    runs). None: not found."""
     if "/" in name:
         return name
-    key = (name, path)
-    now = time.monotonic()
-    hit = _found.get(key)
-    if hit is not None and now < hit[0]:
-        return hit[1]
-    if len(_found) > 256:
-        _found.clear()
-    found = _search(name, path)
-    _found[key] = (now + 1.0, found)
-    return found
-
-
-def _search(name: str, path: bytes | None) -> str | None:
-    dirs = os.fsdecode(path).split(os.pathsep) if path is not None else os.defpath.split(os.pathsep)
+    dirs = _path_dirs.get(path)
+    if dirs is None:
+        if len(_path_dirs) > 64:
+            _path_dirs.clear()
+        text = os.fsdecode(path) if path is not None else os.defpath
+        dirs = _path_dirs[path] = [f"{d or '.'}/" for d in text.split(os.pathsep)]
     for d in dirs:
-        candidate = os.path.join(d or ".", name)
+        candidate = d + name
         try:
             st = os.stat(candidate)
         except (OSError, ValueError):
@@ -390,6 +393,8 @@ class _Process:
         if self.proc.returncode is None:
             with contextlib.suppress(OSError):
                 self.proc.poll()
+            if self.proc.returncode is None and isinstance(self.proc, _Spawned):
+                _unreaped.append(self.proc)  # reaped at a later spawn, as Popen's would be
 
 
 def _private(path: str, flags: int) -> int:
