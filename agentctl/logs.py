@@ -386,9 +386,10 @@ def _capped(text: str, cap: int = SHOW_CAP) -> str:
 
 
 def conversation(messages: list[Any]) -> str:
-    """The messages of an llm exchange, one block per message; replies numbered."""
+    """The messages of an llm exchange, one block per message, numbered (a request names the
+    messages it sent by these numbers); replies numbered too."""
     out, replies = [], 0
-    for m in messages:
+    for i, m in enumerate(messages, 1):
         if not isinstance(m, dict):
             continue
         role = short(str(m.get("role", "?")), 20)
@@ -397,12 +398,83 @@ def conversation(messages: list[Any]) -> str:
             role = f"assistant · reply {replies}"
         content = m.get("content")
         body = content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False)
-        out.append(f"--- {role}\n{clean(_capped(body))}")
+        out.append(f"--- {i} {role}\n{clean(_capped(body))}")
     return "\n".join(out)
 
 
+@dataclass
+class AttemptCalls:
+    """The model calls of one attempt, from the best record of them there is.
+
+    ``source`` is ``exchange`` (the llm runner's exchange.json: every request made, failed
+    tries and reused responses too, each with its ``request`` rebuilt), ``files`` (the
+    ``call-NNN.json`` files earlier versions wrote, each holding its ``request``), ``wal``
+    (the WAL's llm_call records: paid responses only) or ``none``. ``wal_only`` are paid
+    responses the WAL holds beyond those exchange.json records: the driver stopped after
+    it was last written."""
+
+    source: str
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    wal_only: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[Any] = field(default_factory=list)  # exchange.json's conversation
+
+
+def exchange_calls(exchange: dict[str, Any]) -> list[dict[str, Any]]:
+    """exchange.json's ``calls``, each with its ``request`` rebuilt: the conversation only
+    grows, so a request is its first ``sent_messages`` messages and the call's ``params``."""
+    messages = exchange.get("messages")
+    messages = messages if isinstance(messages, list) else []
+    out = []
+    for c in exchange.get("calls") or []:
+        if not isinstance(c, dict):
+            continue
+        c = dict(c)
+        sent, params = c.get("sent_messages"), c.get("params")
+        if isinstance(sent, int) and 0 <= sent <= len(messages) and isinstance(params, dict):
+            c["request"] = {**params, "messages": messages[:sent]}
+        out.append(c)
+    return out
+
+
+def attempt_calls(adir: Path, a: AttemptLog, files: list[str] | None = None) -> AttemptCalls:
+    """The calls of attempt ``a`` (whose directory is ``adir``; ``files``: its file names,
+    if already listed): exchange.json's, else old call files', else the WAL's."""
+    names = _extra_files(adir) if files is None else files
+    loaded = load_json(adir / "exchange.json") if "exchange.json" in names else None
+    if isinstance(loaded, dict) and isinstance(loaded.get("calls"), list):
+        calls = exchange_calls(loaded)
+        messages = loaded.get("messages")
+        # Paid responses it records; the WAL's records of the attempt are those, in order.
+        paid = sum(1 for c in calls if c.get("error") is None and not c.get("cached")
+                   and c.get("response") is not None)
+        return AttemptCalls("exchange", calls, a.calls[paid:],
+                            messages if isinstance(messages, list) else [])
+    old = [c for c in (load_json(adir / n) for n in names if re.fullmatch(r"call-\d+\.json", n))
+           if isinstance(c, dict)]
+    if old:
+        return AttemptCalls("files", old)
+    return AttemptCalls("wal" if a.calls else "none", list(a.calls))
+
+
+def _sent_line(c: dict[str, Any], messages: list[Any]) -> str | None:
+    """What an exchange.json call sent (messages by number, and its parameters), and which
+    message is its answer."""
+    sent, params = c.get("sent_messages"), c.get("params")
+    if not isinstance(sent, int):
+        return None
+    text = f"sent messages 1-{sent}" if sent > 1 else f"sent message {sent}"
+    if isinstance(params, dict):
+        text += " with " + short(json.dumps(params, ensure_ascii=False, sort_keys=True), 400)
+    answer = messages[sent] if 0 <= sent < len(messages) else None
+    if (c.get("error") is None and isinstance(answer, dict) and answer.get("role") == "assistant"):
+        replies = sum(1 for m in messages[:sent + 1] if isinstance(m, dict) and m.get("role") == "assistant")
+        text += f"; answered by message {sent + 1} (reply {replies})"
+    return text
+
+
 def call_line(c: dict[str, Any], n: int) -> str:
-    """One model call: from the llm runner's call-NNN.json, or from a WAL llm_call record."""
+    """One model call: from exchange.json's calls, an old call-NNN.json, or a WAL llm_call
+    record."""
     bits = [f"call {c.get('n', c.get('call', n))}"]
     if isinstance(c.get("turn"), int):
         bits.append(f"turn {c['turn']}" + (f" try {c['try']}" if c.get("try") else ""))
@@ -493,12 +565,29 @@ def task_sections(log: RunLog, tid: str) -> Iterator[tuple[str, str]]:
             prompt = _read_text(adir / "prompt.md")
             if prompt is not None:
                 yield f"prompt ({adir / 'prompt.md'})", prompt
-        call_files = [n for n in files if re.fullmatch(r"call-\d+\.json", n)]
-        if call_files:
-            loaded = [load_json(adir / n) for n in call_files]
-            lines = [call_line(c, i) for i, c in enumerate(loaded, 1) if isinstance(c, dict)]
-            yield f"model calls ({adir}/call-*.json: each request and response in full)", "\n".join(lines)
-        elif a.calls:
+        calls = attempt_calls(adir, a, files)
+        if calls.source == "exchange":
+            lines = []
+            for i, c in enumerate(calls.calls, 1):
+                lines.append(call_line(c, i))
+                sent = _sent_line(c, calls.messages)
+                if sent is not None:
+                    lines.append("    " + sent)
+            first = len(calls.calls) + 1
+            for i, c in enumerate(calls.wal_only, first):  # (their `call` counts paid ones)
+                lines.append(call_line({k: v for k, v in c.items() if k != "call"}, i)
+                             + "  (in the WAL only: made after exchange.json was last written; "
+                               "its reply is below)")
+            yield (f"model calls ({adir / 'exchange.json'}: each request is the conversation's "
+                   "first messages, numbered as above, and its parameters)", "\n".join(lines))
+            for i, c in enumerate(calls.wal_only, first):
+                reply = _reply(c)
+                if reply is not None:
+                    yield f"raw reply of call {i} (from the WAL)", clean(_capped(reply))
+        elif calls.source == "files":
+            yield (f"model calls ({adir}/call-*.json: each request and response in full)",
+                   "\n".join(call_line(c, i) for i, c in enumerate(calls.calls, 1)))
+        elif calls.source == "wal":
             yield "model calls (from the WAL)", "\n".join(call_line(c, i) for i, c in enumerate(a.calls, 1))
         if not messages:
             for i, c in enumerate(a.calls, 1):
@@ -506,7 +595,8 @@ def task_sections(log: RunLog, tid: str) -> Iterator[tuple[str, str]]:
                 if reply is not None:
                     yield f"raw reply of call {i}", clean(_capped(reply))
         for name in files:
-            if (name == "exchange.json" and messages) or name in call_files:
+            if ((name == "exchange.json" and messages)
+                    or (calls.source == "files" and re.fullmatch(r"call-\d+\.json", name))):
                 continue
             body = _json_file(adir / name) if name.endswith(".json") else _read_text(adir / name)
             if body is not None:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from agentctl import store
-from agentctl.logs import RunLog, clean, clock, load_json, money, resolve_run, unknown_task
+from agentctl.logs import RunLog, attempt_calls, clean, clock, money, resolve_run, unknown_task
 
 FAILING = ("failed", "blocked", "cancelled", "needs_review", "stale")
 
@@ -123,18 +122,17 @@ def trace_task(log: RunLog, tid: str) -> Trace:
         if tr.prompt_sha256 is not None:
             tr.prompt_file = str(prompt)
             tr.prompt_bytes = prompt.stat().st_size
-        # The llm runner's call files also hold the calls that failed (no WAL record).
-        calls: list[dict[str, Any]] = []
-        for name in tr.attempt_files:
-            if re.fullmatch(r"call-\d+\.json", name):
-                c = load_json(adir / name)
-                if isinstance(c, dict):
-                    calls.append(c)
-        for c in calls or last.calls:
+        # The llm runner's exchange.json (or an older run's call files) also holds the
+        # calls that failed and the responses reused (no WAL record); the WAL, the
+        # responses paid after exchange.json was last written (a driver killed meanwhile).
+        calls = attempt_calls(adir, last, tr.attempt_files)
+        for c in calls.calls + calls.wal_only:
             r = {k: c.get(k) for k in ("request_hash", "model", "tokens", "cost_usd", "latency_s")
                  if c.get(k) is not None}
             if isinstance(c.get("error"), dict):
                 r["error"] = c["error"].get("kind")
+            if c.get("cached"):
+                r["cached"] = True
             tr.requests.append(r)
         ended = last.ended or {}
         tr.ended_at = ended.get("at")
@@ -250,6 +248,8 @@ def render(log: RunLog, traces: list[Trace], status: str | None = None) -> str:
                 bits.append(f"{r['tokens']} tokens")
             if r.get("latency_s") is not None:
                 bits.append(f"{float(r['latency_s']):.2f}s")
+            if r.get("cached"):
+                bits.append("reused (paid by an earlier attempt)")
             if r.get("error"):
                 bits.append(f"error: {clean(str(r['error']))}")
             lines.append(f"  call {i:<3} " + " · ".join(bits))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from fakeopenai import FakeOpenAI, Reply
-from harness import Project, check_run_files, wait_for
+from harness import Driver, Project, check_run_files, wait_for
 from llmkit import LLMProject
 
 from agentctl import engine, store
@@ -162,6 +162,104 @@ def test_a_response_is_reused_after_a_sigkill_between_response_and_commit(
     assert state.tokens == calls[0]["tokens"]  # counted once
     check_run_files(project.run_dir("r1"))
 
+
+
+def _kill(driver: Driver) -> None:
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+
+
+def test_a_killed_driver_leaves_exchange_json_with_the_calls_made_so_far(
+        project: Project, server: FakeOpenAI, tmp_path: Path) -> None:
+    """A 500, a retry answered with an invalid reply, then the repair's request hangs: the
+    driver is SIGKILLed during it. exchange.json, written before that call, holds both
+    earlier calls and exactly what the hanging one sent; `logs` and `trace` show them."""
+    lp = LLMProject(tmp_path)
+    server.script("gpt-4o-mini", Reply(status=500), Reply(content="not a report {"),
+                  Reply(hold=True))
+    p = lp.pipeline({"a": {"model": model(server, backoff="1ms")}})
+    project.env.update(OPENAI_API_KEY=KEY)
+    driver = project.spawn("run", str(p), "--run-id", "r1")
+    wait_for(lambda: len(server.requests) == 3, "the repair's request", timeout=120)
+    _kill(driver)
+    adir = project.run_dir("r1").attempt_dir("a", 1)
+    assert sorted(f.name for f in adir.iterdir()) == ["exchange.json", "prompt.md"]
+    check_run_files(project.run_dir("r1"))  # whole files, no temp file left
+    ex = json.loads((adir / "exchange.json").read_text())
+    assert ex["outcome"] == "running" and ex["paid_calls"] == 1 and ex["turns"] == 2
+    failed, answered = ex["calls"]
+    assert failed["error"]["kind"] == "server_error" and failed["response"] is None
+    assert answered["error"] is None and answered["response"]["content"] == "not a report {"
+    # Each request, rebuilt from exchange.json, is what the server received; and the
+    # conversation is what the hanging request sent.
+    for entry, seen in zip(ex["calls"], server.requests, strict=False):
+        assert ex["messages"][:entry["sent_messages"]] == seen.messages
+        assert entry["params"]["response_format"] == seen.body["response_format"]
+    assert ex["messages"] == server.requests[2].messages
+    assert ex["messages"][2] == {"role": "assistant", "content": "not a report {"}
+    [paid] = [r for r in project.wal("r1") if r["type"] == "llm_call"]
+    assert paid["request_hash"] == answered["request_hash"]
+
+    logs = project.cli("logs", "r1", "a")
+    assert logs.returncode == 0, logs.stderr
+    assert "outcome running" in logs.stdout
+    assert "--- 3 assistant · reply 1\nnot a report {\n--- 4 user\nYour reply is not a valid report" in logs.stdout
+    calls = logs.stdout.split("== model calls (")[1].split("\n== ")[0].splitlines()[1:]
+    assert calls[0].startswith("call 1  turn 0  openai/gpt-4o-mini?") and "error server_error" in calls[0]
+    assert calls[1].startswith("    sent messages 1-2 with {")
+    assert calls[2].startswith("call 2  turn 0 try 1  openai/gpt-4o-mini?") and "150 tokens" in calls[2]
+    assert calls[3].startswith("    sent messages 1-2 with {") and calls[3].endswith(
+        "answered by message 3 (reply 1)")
+    assert len(calls) == 4
+    trace = project.cli("trace", "r1", "a")
+    assert trace.returncode == 0, trace.stderr
+    assert f"  call 1   request {failed['request_hash']} · " in trace.stdout
+    assert "error: server_error" in trace.stdout
+    assert f"  call 2   request {answered['request_hash']} · " in trace.stdout
+
+    server.release()  # (its client is gone)
+    r = project.cli("resume", "r1")
+    assert r.returncode == 0, r.stderr
+    assert len(server.requests) == 4  # the paid reply is reused, the repair sent again
+    second = json.loads((project.run_dir("r1").attempt_dir("a", 2) / "exchange.json").read_text())
+    assert second["outcome"] == "report"
+    assert [c["cached"] for c in second["calls"]] == [True, False]
+    assert second["messages"][:4] == ex["messages"]
+
+
+def test_a_response_logged_after_exchange_json_was_written_is_shown_from_the_wal(
+        project: Project, server: FakeOpenAI, tmp_path: Path) -> None:
+    """Killed after the repair's response is in the WAL and before it is used: exchange.json
+    (written before that call) has the first call only; `logs` and `trace` add the second
+    from the WAL, with its reply, and resume pays for neither again."""
+    lp = LLMProject(tmp_path)
+    server.script("gpt-4o-mini", Reply(content="not a report {"))
+    p = lp.pipeline({"a": {"model": model(server)}})
+    project.env.update(OPENAI_API_KEY=KEY, AGENTCTL_TEST_PAUSE_AFTER_CALL="600@2")
+    driver = project.spawn("run", str(p), "--run-id", "r1")
+    wal = project.state / "runs" / "r1" / "wal.jsonl"
+    wait_for(lambda: wal.exists() and sum(r["type"] == "llm_call" for r in project.wal("r1")) == 2,
+             "the second response in the WAL", timeout=120)
+    _kill(driver)
+    ex = json.loads((project.run_dir("r1").attempt_dir("a", 1) / "exchange.json").read_text())
+    assert ex["outcome"] == "running" and [c["turn"] for c in ex["calls"]] == [0]
+    first, second = [r for r in project.wal("r1") if r["type"] == "llm_call"]
+
+    out = project.cli("logs", "r1", "a").stdout
+    calls = out.split("== model calls (")[1].split("\n== ")[0].splitlines()[1:]
+    assert calls[0].startswith("call 1  turn 0  ") and first["request_hash"][:12] in calls[0]
+    assert calls[2].startswith("call 2  turn 1  ") and second["request_hash"][:12] in calls[2]
+    assert calls[2].endswith("(in the WAL only: made after exchange.json was last written; its reply is below)")
+    reply = out.split("== raw reply of call 2 (from the WAL)\n")[1].split("\n== ")[0]
+    assert json.loads(reply)["status"] == "COMPLETE"
+    trace = project.cli("trace", "r1", "a").stdout
+    assert f"  call 2   request {second['request_hash']} · " in trace
+
+    del project.env["AGENTCTL_TEST_PAUSE_AFTER_CALL"]
+    r = project.cli("resume", "r1")
+    assert r.returncode == 0, r.stderr
+    assert len(server.requests) == 2  # both responses reused
+    assert project.replay("r1").tasks["a"].status == "complete"
 
 
 def test_a_key_missing_at_run_time_fails_at_once_naming_it(

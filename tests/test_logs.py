@@ -131,17 +131,22 @@ def test_one_llm_task(run: tuple[Path, Path, str]) -> None:
     assert "wave 0 · runner llm · effects read-only · skill writer" in out
     assert '"angle": "api"' in out  # the context packet
     conv = out.split("== conversation (")[1].split("\n== ")[0]
-    assert "--- system\nWrite the note, please." in conv
-    assert "--- user\n## Your task" in conv
-    reply = conv.split("--- assistant · reply 1\n")[1]
+    assert "--- 1 system\nWrite the note, please." in conv
+    assert "--- 2 user\n## Your task" in conv
+    reply = conv.split("--- 3 assistant · reply 1\n")[1]
     assert json.loads(reply.strip())["status"] == "COMPLETE"  # the raw reply
-    calls = out.split("== model calls (")[1].split("\n== ")[0].splitlines()[1:]
-    assert len(calls) == 1
+    adir = state / "runs" / rid / "tasks" / "ask" / "attempts" / "1"
+    assert sorted(p.name for p in adir.iterdir()) == ["exchange.json", "prompt.md"]
+    head, *calls = out.split("== model calls (")[1].split("\n== ")[0].splitlines()
+    assert head.startswith(f"{adir}/exchange.json: each request is the conversation's first messages")
+    assert len(calls) == 2  # the call, and what it sent
     assert calls[0].startswith("call 1  turn 0  offline/echo  ")
     assert " tokens  $0.0" in calls[0] and "s  request " in calls[0]
     rec = next(r for r in store.scan_wal(state / "runs" / rid / "wal.jsonl").records
            if r["type"] == "llm_call")
     assert f"{rec['tokens']} tokens" in calls[0] and rec["request_hash"][:12] in calls[0]
+    assert calls[1] == ('    sent messages 1-2 with {"model": "offline/echo", "response_format": '
+                        '{"type": "json_object"}}; answered by message 3 (reply 1)')
     assert "== report of attempt 1\n" in out
 
 

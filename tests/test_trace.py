@@ -96,8 +96,9 @@ def test_trace_names_model_hashes_category_and_exact_error(failed: tuple[Path, P
     assert sha(frozen) != sha(proj / "skills" / "planner" / "SKILL.md")
     prompt = rd / "tasks" / "keyless" / "attempts" / "1" / "prompt.md"
     assert f"  prompt   sha256:{sha(prompt)} ({prompt.stat().st_size} bytes)\n           {prompt}\n" in k
-    call = json.loads((prompt.parent / "call-001.json").read_text())
+    [call] = json.loads((prompt.parent / "exchange.json").read_text())["calls"]
     assert f"request {call['request_hash']}" in k and "error: authentication" in k
+    assert sorted(p.name for p in prompt.parent.iterdir()) == ["exchange.json", "prompt.md"]
     assert f"  look at  {prompt.parent}/" in k and f"agentctl logs {rid} keyless" in k
     assert "  skipped  plan, review\n" in k
 

@@ -24,10 +24,16 @@ One attempt, in order:
 5. The reply must be a valid report. One that is not goes back to the model with the
    problems, at most ``max_repairs`` times; then the task fails as ``invalid_output``, not
    retried (the model has had its chances, and a new attempt would replay the same replies).
-6. Everything sent and received is kept in the attempt's directory, secrets masked:
-   ``call-NNN.json`` for each request as it ends (failed tries and reused responses too:
-   the request in full, the response or error, tokens, cost, the backoff that followed), and
-   ``exchange.json`` when the attempt ends: the conversation, and a line per request.
+6. Everything sent and received is kept in the attempt's directory, secrets masked, in one
+   file: ``exchange.json``, the conversation (``messages``) and an entry per request in
+   ``calls`` (failed tries and reused responses too: the response or error, tokens, cost,
+   the backoff that followed, and the request itself as ``sent_messages`` -- it sent the
+   first that many messages -- and ``params``). It is written when the attempt ends, however
+   it ends, and also before each further call of an attempt that has made one already (a
+   retry, a fallback, a repair turn), marked ``"outcome": "running"``: a driver killed
+   mid-conversation leaves the earlier calls behind. An attempt that makes one call writes it
+   once. (Earlier versions also wrote a ``call-NNN.json`` per request; ``agentctl logs`` and
+   ``trace`` still read those of old runs.)
 
 Model strings are litellm's, with agentctl's options after a ``?``::
 
@@ -40,8 +46,9 @@ Model strings are litellm's, with agentctl's options after a ``?``::
 options too (see ``agentctl.offline``). The request hash covers the model, messages and
 parameters, not where the request is sent nor how it is retried.
 
-Test hook: ``AGENTCTL_TEST_PAUSE_AFTER_CALL=<seconds>`` sleeps that long right after a
-response is logged and before it is used, so a test can SIGKILL the driver at that point.
+Test hook: ``AGENTCTL_TEST_PAUSE_AFTER_CALL=<seconds>[@<n>]`` sleeps that long right after a
+response is logged and before it is used (after the attempt's ``n``-th paid response only,
+with ``@n``), so a test can SIGKILL the driver at that point.
 """
 
 from __future__ import annotations
@@ -321,9 +328,13 @@ class LLMRunner:
             conv.ending = e.category
             return Outcome(category=e.category, message=redact.default().text(e.message),
                            retryable=e.retryable, details=conv.details())
+        except BaseException as e:  # a timeout or a cancel (or a bug): still it ended
+            conv.ending = "cancelled" if isinstance(e, asyncio.CancelledError) else "error"
+            raise
         finally:
             conv.save()
-        return Outcome(report=report, details=conv.details())
+        # validate_report's own result (the scheduler would validate it again otherwise)
+        return Outcome(report=report, validated=True, details=conv.details())
 
     async def aclose(self) -> None:
         await aclose()
@@ -343,6 +354,7 @@ class _Conversation:
         self.litellm = litellm
         self.max_repairs = max_repairs
         self.entries: list[dict[str, Any]] = []  # every request made, for exchange.json
+        self.saved = 0  # how many of them the last exchange.json written holds
         self.paid = 0  # responses paid for in this attempt
         self.reused = 0
         self.tokens = 0
@@ -358,7 +370,9 @@ class _Conversation:
             {"role": "user", "content": _user_message(attempt)},
         ]
         self.output_schema = skill.output_schema if skill else None
-        self.pause = float(os.environ.get(PAUSE_ENV) or 0)
+        pause, _, nth = (os.environ.get(PAUSE_ENV) or "").partition("@")
+        self.pause = float(pause or 0)
+        self.pause_at = int(nth) if nth else None  # after every paid response, if None
         self._rng: random.Random | None = None  # for backoff jitter; seeded when first needed
         self._redactor: redact.Redactor | None = None
         self._masked: dict[str, str] = {}  # a text -> the same with secrets masked
@@ -384,7 +398,7 @@ class _Conversation:
                 if report is not None:
                     self.ending = "report"
                     self.messages.append({"role": "assistant", "content": content})
-                    return dict(raw)
+                    return report
             self.problems = problems
             self.messages.append({"role": "assistant", "content": content})
             if over_budget:
@@ -417,6 +431,7 @@ class _Conversation:
                 return str(cached.get("content") or ""), False
             for try_ in range(spec.retries + 1):
                 self._check_budget_before()
+                self._checkpoint()
                 started = time.perf_counter()
                 result = await self._call(request, key, turn, spec, try_)
                 if isinstance(result, str):
@@ -430,6 +445,7 @@ class _Conversation:
                 if not result.retryable:
                     raise RunnerError("provider_error", f"{spec.model}: {result.message}")
                 if wait is not None:
+                    self._checkpoint()  # the failure is on disk while we wait
                     await self._sleep(wait)
         last = failures[-1]
         timeouts = all(f.kind == "timeout" for f in failures)
@@ -484,7 +500,7 @@ class _Conversation:
         self.cost += cost
         self._log_call(request, key, turn, spec, try_, response=response, latency=latency,
                        tokens=tokens, cost=cost)
-        if self.pause:
+        if self.pause and self.pause_at in (None, self.paid):
             await self._sleep(self.pause)
         return content
 
@@ -579,16 +595,21 @@ class _Conversation:
         if error is not None:
             entry["backoff_s"] = None if backoff is None else round(backoff, 4)
         self.entries.append(entry)
-        # And the request in full, in a file of its own, as soon as it is answered (or not):
-        # `agentctl logs` and `trace` read these, and a killed driver leaves them behind.
-        full = {k: v for k, v in entry.items() if k not in ("sent_messages", "params")}
-        full["request"] = request
-        self._write(f"call-{entry['n']:03d}.json", full)
+
+    def _checkpoint(self) -> None:
+        """Before another call (or a backoff before one): ``exchange.json`` as it stands, if
+        a request was made since it was last written, so that a driver killed during what
+        follows leaves the calls made so far behind. The first call writes nothing: an
+        attempt that makes one call writes one file, once."""
+        if len(self.entries) > self.saved:
+            self.save()
 
     def save(self) -> None:
         """``exchange.json`` in the attempt's directory: the whole conversation and every
         request made for it. Written when the attempt ends, however it ends (a timeout
-        cancels it: still written); for people -- the WAL holds what recovery needs."""
+        cancels it: still written), and by ``_checkpoint`` meanwhile, with ``outcome``
+        ``running``; for people -- the WAL holds what recovery needs (every paid response)."""
+        self.saved = len(self.entries)
         data = {
             "task": self.a.task_id, "attempt": self.a.attempt, "models": self.a.models,
             "outcome": self.ending, "answered_by": self.answered_by, "turns": self.turns,
@@ -600,14 +621,14 @@ class _Conversation:
 
     def _write(self, name: str, obj: dict[str, Any]) -> None:
         # One line of JSON: the C encoder is many times faster than indent=2's pure Python
-        # one, and these are written for every call (`jq . exchange.json` to read them).
+        # one, and this is written for every attempt (`jq . exchange.json` to read it).
         text = json.dumps(self._mask(obj), ensure_ascii=False) + "\n"
         with contextlib.suppress(OSError):
             write_atomic(Path(self.a.attempt_dir) / name, text.encode(), durable=False)
 
     def _mask(self, value: Any) -> Any:
         """``value`` with secrets masked (``redact``), each distinct text scanned once per
-        conversation: the prompt is in every call file and in exchange.json, a reply in its
+        conversation: exchange.json may be written more than once, and a reply is in its
         call's response and in the conversation. The system message (the skill's body, the
         same for every task of the skill) once per process."""
         redactor = redact.default()
