@@ -595,8 +595,8 @@ def task_sections(log: RunLog, tid: str) -> Iterator[tuple[str, str]]:
                 if reply is not None:
                     yield f"raw reply of call {i}", clean(_capped(reply))
         for name in files:
-            if ((name == "exchange.json" and messages)
-                    or (calls.source == "files" and re.fullmatch(r"call-\d+\.json", name))):
+            # (An older run's call files, when it has exchange.json too, hold what it does.)
+            if (name == "exchange.json" and messages) or re.fullmatch(r"call-\d+\.json", name):
                 continue
             body = _json_file(adir / name) if name.endswith(".json") else _read_text(adir / name)
             if body is not None:

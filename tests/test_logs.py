@@ -150,6 +150,33 @@ def test_one_llm_task(run: tuple[Path, Path, str]) -> None:
     assert "== report of attempt 1\n" in out
 
 
+def test_an_older_runs_call_files_are_still_read(run: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """Earlier versions wrote a call-NNN.json per request (the request in full) beside
+    exchange.json; a driver killed mid-attempt left only those. Made here from a real
+    attempt's exchange.json, as that version wrote them."""
+    proj, state, rid = run
+    copy = tmp_path / "state"
+    shutil.copytree(state, copy)
+    adir = store.StateDir(copy).run(rid).attempt_dir("ask", 1)
+    ex = json.loads((adir / "exchange.json").read_text())
+    [entry] = ex["calls"]
+    old = {k: v for k, v in entry.items() if k not in ("sent_messages", "params")}
+    old["request"] = {**entry["params"], "messages": ex["messages"][:entry["sent_messages"]]}
+    (adir / "call-001.json").write_text(json.dumps(old))
+
+    both = cli("logs", rid, "ask", cwd=proj, state=copy).stdout  # a finished old run
+    assert f"== model calls ({adir}/exchange.json: " in both
+    assert "call-001.json" not in both  # not shown again as a file of its own
+
+    (adir / "exchange.json").unlink()  # an old run killed before the attempt ended
+    out = cli("logs", rid, "ask", cwd=proj, state=copy).stdout
+    calls = out.split(f"== model calls ({adir}/call-*.json: each request and response in full)\n")[1]
+    assert calls.split("\n== ")[0].startswith("call 1  turn 0  offline/echo  ")
+    assert entry["request_hash"][:12] in calls.split("\n")[0]
+    trace = cli("trace", rid, "ask", cwd=proj, state=copy).stdout
+    assert f"  call 1   request {entry['request_hash']} · offline/echo · " in trace
+
+
 def test_a_task_that_never_ran(run: tuple[Path, Path, str]) -> None:
     proj, state, rid = run
     out = cli("logs", rid, "publish", cwd=proj, state=state).stdout
