@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import hashlib
 import os
 import shutil
@@ -168,9 +169,14 @@ def _check_run_id(run_id: str) -> None:
 def _drive(run: store.RunDir, journal: store.Journal, defn: Definition, state: RunState,
            registry: Registry, reporter: Reporter | None, opts: Options) -> str:
     sched = Scheduler(run, journal, defn, state, registry, reporter, opts)
+    # What exists now (modules, the definition, the state's tasks) lives as long as the run:
+    # out of the collector's sight, a full collection during the run walks only what the
+    # run made (one walked all of it: ~13 ms for 1,000 tasks, once or more a run).
+    gc.freeze()
     try:
         return asyncio.run(sched.drive())
     finally:
+        gc.unfreeze()  # a caller that lives on (tests) collects as before
         _write_stats(journal)
         journal.close()
 
