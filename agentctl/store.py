@@ -313,8 +313,8 @@ class RunDir:
 
     def heartbeat_age(self, task_id: str, since: str | None = None) -> float | None:
         """Seconds since the task last beat: its heartbeat file's age, or, when that file is
-        missing (it is made at an attempt's first beat) or older (an earlier attempt's),
-        the time since ``since``, the running attempt's start (an ISO stamp)."""
+        missing (an in-process runner's is made at its first beat) or older (an earlier
+        attempt's), the time since ``since``, the running attempt's start (an ISO stamp)."""
         now = time.time()
         try:
             age: float | None = max(0.0, now - self.heartbeat_file(task_id).stat().st_mtime)
