@@ -37,8 +37,8 @@ class CommandRunner:
     async def run(self, attempt: Attempt) -> Outcome:
         assert attempt.argv
         stdin_data = attempt.prompt.encode() if attempt.prompt is not None else None
-        env = _encoded(attempt.env)
         try:
+            env = _encoded(attempt.env)  # a value no file system can hold: ValueError below
             # A process watched by the event loop's readers, not asyncio's subprocess
             # transports: those cost ~35 callbacks and 4 tasks per process (a third of a
             # `true` task's time), these 3-4 callbacks. Started by posix_spawn where it
