@@ -185,7 +185,7 @@ def _spawn(argv: list[str], workdir: Path, env: dict[bytes, bytes], stdin: bool)
                        else (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0))
         pid = os.posix_spawn(exe, argv, env, file_actions=actions, setsid=True,
                              setsigdef=_SIGDEF)
-    except (OSError, ValueError):
+    except (OSError, ValueError, NotImplementedError):  # the last: no setsid in this libc
         for fd in ours:
             os.close(fd)
         return None
