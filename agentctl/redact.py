@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 MASK = "[REDACTED]"
@@ -67,6 +67,20 @@ class Redactor:
         if not any(h in s for h in self._hints):
             return s
         return self._json_re.sub(MASK, s)
+
+    def encoded(self, text: str, value: Any, dumps: Callable[[Any], str]) -> tuple[str, Any]:
+        """``text`` (``dumps(value)``) with secrets masked, and the value it now holds:
+        ``(text, value)`` themselves when there is nothing to mask. Masked on the text in
+        one pass (``json_text``); should a mask land outside a string (a secret's digits
+        inside a number), the value's strings one by one instead."""
+        clean = self.json_text(text)
+        if clean is text:
+            return text, value
+        try:
+            return clean, json.loads(clean)
+        except ValueError:
+            masked = self.obj(value)
+            return dumps(masked), masked
 
     def obj(self, value: Any) -> Any:
         if isinstance(value, str):

@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -97,11 +97,6 @@ class _Running:
     kill_reason: str | None = None
     kill_message: str = ""
     superseded: bool = False  # a person took the task over while it ran
-
-
-@dataclass
-class _Pending:
-    not_before: dict[str, float] = field(default_factory=dict)
 
 
 def needs_approval(defn: Definition, t: TaskState) -> bool:

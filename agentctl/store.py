@@ -66,10 +66,8 @@ def _line(body: str) -> bytes:
 
 
 def _encode_clean(rec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The record's compact JSON with secrets masked, and the record as written (the same
-    object when there was nothing to mask). One pass over the encoded text finds secrets
-    (their JSON-escaped forms included); the rare record that holds one is masked again
-    value by value should the text pass have cut into an escape sequence."""
+    """The record's compact JSON with secrets masked (their JSON-escaped forms included),
+    and the record as written (the same object when there was nothing to mask)."""
     body = _dumps(rec)
     try:
         body.encode("utf-8")
@@ -79,14 +77,7 @@ def _encode_clean(rec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         # record written.
         body = body.encode("utf-8", "replace").decode("utf-8")
         rec = json.loads(body)
-    clean = redact.default().json_text(body)
-    if clean is body:
-        return body, rec
-    try:
-        masked: dict[str, Any] = json.loads(clean)
-    except ValueError:
-        masked = redact.default().obj(rec)
-    return _dumps(masked), masked
+    return redact.default().encoded(body, rec, _dumps)
 
 
 def decode_record(line: bytes) -> dict[str, Any] | None:

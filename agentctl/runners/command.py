@@ -132,7 +132,7 @@ class _Spawned:
 
 _Child = _Spawned | subprocess.Popen[bytes]
 # What Popen's restore_signals gives a child: Python ignores these, an agent must not.
-_SIGDEF = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name))
+_SIGDEF = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 _swept: bool | None = None  # None: to do (first use, or threads ran since); False: no /proc
 _unreaped: list[_Spawned] = []  # agents that outlived SIGKILL and its grace (stuck in the kernel)
 

@@ -656,19 +656,12 @@ def _cost(litellm: Any, resp: Any) -> tuple[float, bool]:
 
 
 def _masked_json(obj: Any) -> str:
-    """``obj`` as one line of JSON, secrets masked: on the encoded text, in one pass
-    (``Redactor.json_text``: a substring test per secret and key shape, and only if one is
-    there a regex), rather than a regex run on every string of it. Should a mask land
-    outside a string (a secret's digits inside a number), the strings one by one instead."""
-    redactor = redact.default()
-    text = json.dumps(obj, ensure_ascii=False)
-    masked = redactor.json_text(text)
-    if masked is not text:
-        try:
-            json.loads(masked)
-        except ValueError:
-            masked = json.dumps(redactor.obj(obj), ensure_ascii=False)
-    return masked + "\n"
+    """``obj`` as one line of JSON, secrets masked (``Redactor.encoded``: on the encoded
+    text, in one pass, rather than a regex run on every string of it)."""
+    def dumps(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    return redact.default().encoded(dumps(obj), obj, dumps)[0] + "\n"
 
 
 def _user_message(attempt: Attempt) -> str:
