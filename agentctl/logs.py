@@ -26,8 +26,8 @@ from agentctl import store
 from agentctl.errors import UsageError
 from agentctl.state import RunState, apply
 
-# Files of an attempt directory shown in their own sections; any other file (for instance
-# the llm runner's record of an exchange) is shown after them, by name.
+# An attempt's files (``tasks/<id>/attempt-<n>.<name>``) shown in their own sections; any
+# other (for instance the llm runner's record of an exchange) is shown after them, by name.
 KNOWN_ATTEMPT_FILES = ("prompt.md", "stdout.log", "stderr.log", "report.json", "pid")
 SHOW_CAP = 64 * 1024  # bytes of one file shown inline; the rest is named, not printed
 ONE_LINE_CAP = 300
@@ -436,11 +436,10 @@ def exchange_calls(exchange: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def attempt_calls(adir: Path, a: AttemptLog, files: list[str] | None = None) -> AttemptCalls:
-    """The calls of attempt ``a`` (whose directory is ``adir``; ``files``: its file names,
-    if already listed): exchange.json's, else old call files', else the WAL's."""
-    names = _extra_files(adir) if files is None else files
-    loaded = load_json(adir / "exchange.json") if "exchange.json" in names else None
+def attempt_calls(files: dict[str, Path], a: AttemptLog) -> AttemptCalls:
+    """The calls of attempt ``a``, whose files are ``files`` (``RunDir.attempt_files``):
+    exchange.json's, else old call files', else the WAL's."""
+    loaded = load_json(files["exchange.json"]) if "exchange.json" in files else None
     if isinstance(loaded, dict) and isinstance(loaded.get("calls"), list):
         calls = exchange_calls(loaded)
         messages = loaded.get("messages")
@@ -449,7 +448,7 @@ def attempt_calls(adir: Path, a: AttemptLog, files: list[str] | None = None) -> 
                    and c.get("response") is not None)
         return AttemptCalls("exchange", calls, a.calls[paid:],
                             messages if isinstance(messages, list) else [])
-    old = [c for c in (load_json(adir / n) for n in names if re.fullmatch(r"call-\d+\.json", n))
+    old = [c for c in (load_json(p) for n, p in files.items() if re.fullmatch(r"call-\d+\.json", n))
            if isinstance(c, dict)]
     if old:
         return AttemptCalls("files", old)
@@ -536,7 +535,7 @@ def task_sections(log: RunLog, tid: str) -> Iterator[tuple[str, str]]:
 
     last_report: Any = None
     for a in log.attempts(tid):
-        adir = run.attempt_dir(tid, a.n)
+        files = run.attempt_files(tid, a.n)
         title = f"attempt {a.n}"
         if a.started:
             title += f" · started {clock(a.started.get('at'))}"
@@ -547,9 +546,8 @@ def task_sections(log: RunLog, tid: str) -> Iterator[tuple[str, str]]:
             title += " · no end recorded (running, or the driver stopped)"
         if a.model:
             title += f" · model {clean(a.model)}"
-        yield f"{short(title, 600)}", f"directory {adir}"
-        files = _extra_files(adir)
-        loaded_ex = load_json(adir / "exchange.json") if "exchange.json" in files else None
+        yield f"{short(title, 600)}", _files_line(files)
+        loaded_ex = load_json(files["exchange.json"]) if "exchange.json" in files else None
         exchange: dict[str, Any] = loaded_ex if isinstance(loaded_ex, dict) else {}
         messages = exchange.get("messages")
         if isinstance(messages, list) and messages:
@@ -559,13 +557,13 @@ def task_sections(log: RunLog, tid: str) -> Iterator[tuple[str, str]]:
                      if exchange.get(k) not in (None, [], "")}
             about = " · ".join(f"{k} {short(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False), 200)}"
                                for k, v in facts.items())
-            yield (f"conversation ({adir / 'exchange.json'})",
+            yield (f"conversation ({files['exchange.json']})",
                    (about + "\n" if about else "") + conversation(messages))
         else:
-            prompt = _read_text(adir / "prompt.md")
+            prompt = _read_text(files["prompt.md"]) if "prompt.md" in files else None
             if prompt is not None:
-                yield f"prompt ({adir / 'prompt.md'})", prompt
-        calls = attempt_calls(adir, a, files)
+                yield f"prompt ({files['prompt.md']})", prompt
+        calls = attempt_calls(files, a)
         if calls.source == "exchange":
             lines = []
             for i, c in enumerate(calls.calls, 1):
@@ -578,14 +576,15 @@ def task_sections(log: RunLog, tid: str) -> Iterator[tuple[str, str]]:
                 lines.append(call_line({k: v for k, v in c.items() if k != "call"}, i)
                              + "  (in the WAL only: made after exchange.json was last written; "
                                "its reply is below)")
-            yield (f"model calls ({adir / 'exchange.json'}: each request is the conversation's "
+            yield (f"model calls ({files['exchange.json']}: each request is the conversation's "
                    "first messages, numbered as above, and its parameters)", "\n".join(lines))
             for i, c in enumerate(calls.wal_only, first):
                 reply = _reply(c)
                 if reply is not None:
                     yield f"raw reply of call {i} (from the WAL)", clean(_capped(reply))
         elif calls.source == "files":
-            yield (f"model calls ({adir}/call-*.json: each request and response in full)",
+            where = next(p.parent for n, p in files.items() if n.startswith("call-"))
+            yield (f"model calls ({where}/call-*.json: each request and response in full)",
                    "\n".join(call_line(c, i) for i, c in enumerate(calls.calls, 1)))
         elif calls.source == "wal":
             yield "model calls (from the WAL)", "\n".join(call_line(c, i) for i, c in enumerate(a.calls, 1))
@@ -594,25 +593,26 @@ def task_sections(log: RunLog, tid: str) -> Iterator[tuple[str, str]]:
                 reply = _reply(c)
                 if reply is not None:
                     yield f"raw reply of call {i}", clean(_capped(reply))
-        for name in files:
+        for name, path in files.items():
             # (An older run's call files, when it has exchange.json too, hold what it does.)
-            if (name == "exchange.json" and messages) or re.fullmatch(r"call-\d+\.json", name):
+            if (name in KNOWN_ATTEMPT_FILES or (name == "exchange.json" and messages)
+                    or re.fullmatch(r"call-\d+\.json", name)):
                 continue
-            body = _json_file(adir / name) if name.endswith(".json") else _read_text(adir / name)
+            body = _json_file(path) if name.endswith(".json") else _read_text(path)
             if body is not None:
-                yield f"{name} ({adir / name})", body
+                yield f"{name} ({path})", body
         for name in ("stdout.log", "stderr.log"):
-            text = _read_text(adir / name)
+            text = _read_text(files[name]) if name in files else None
             if text is not None:
-                yield f"{name.split('.')[0]} ({adir / name})", text if text else "(empty)"
+                yield f"{name.split('.')[0]} ({files[name]})", text if text else "(empty)"
         report = (a.ended or {}).get("report")
         if report is not None:
             last_report = report
             yield f"report of attempt {a.n}", pretty(report)
         else:
-            raw = _json_file(adir / "report.json")
+            raw = _json_file(files["report.json"]) if "report.json" in files else None
             if raw is not None:
-                yield f"report file of attempt {a.n} ({adir / 'report.json'})", raw
+                yield f"report file of attempt {a.n} ({files['report.json']})", raw
         for rec in a.other:
             yield "", history_line(rec, 0)
 
@@ -624,12 +624,14 @@ def task_sections(log: RunLog, tid: str) -> Iterator[tuple[str, str]]:
             yield f"committed report ({tdir / 'output.json'})", out
 
 
-def _extra_files(adir: Path) -> list[str]:
-    try:
-        names = sorted(p.name for p in adir.iterdir() if p.is_file())
-    except OSError:
-        return []
-    return [n for n in names if n not in KNOWN_ATTEMPT_FILES and not n.startswith(".")]
+def _files_line(files: dict[str, Path]) -> str:
+    """``files attempt-1.prompt.md, attempt-1.stdout.log (in .../tasks/<id>)``."""
+    if not files:
+        return "files (none)"
+    folders = {p.parent for p in files.values()}
+    if len(folders) == 1:
+        return f"files {', '.join(p.name for p in files.values())} (in {folders.pop()})"
+    return "files " + ", ".join(str(p) for p in files.values())
 
 
 def task_text(log: RunLog, tid: str) -> str:

@@ -398,7 +398,8 @@ def _lane(log: RunLog, tid: str, axis: Axis, t_end: float,
                                                    "none: the task never started"))
     report: Any = t.report if t else None
     if report is None and attempts:
-        report_text = _pretty_file(run.attempt_dir(tid, attempts[-1].n) / "report.json")
+        last_files = run.attempt_files(tid, attempts[-1].n)
+        report_text = _pretty_file(last_files["report.json"]) if "report.json" in last_files else None
     else:
         report_text = _json_text(report) if report is not None else None
     parts.append('<h4>report</h4><div class="report">' + _pre(report_text, "no report") + "</div>")
@@ -410,7 +411,8 @@ def _lane(log: RunLog, tid: str, axis: Axis, t_end: float,
             parts.append(f"<h4>last reply of the model (attempt {attempts[-1].n})</h4>"
                          + _pre(reply[:SHOW_CAP], ""))
     if attempts and (attempts[-1].ended or {}).get("outcome") not in (None, "complete"):
-        stderr = _read(run.attempt_dir(tid, attempts[-1].n) / "stderr.log", 4096, tail=True)
+        last_files = run.attempt_files(tid, attempts[-1].n)
+        stderr = _read(last_files["stderr.log"], 4096, tail=True) if "stderr.log" in last_files else None
         if stderr:
             parts.append(f"<h4>stderr of attempt {attempts[-1].n} (end)</h4>" + _pre(stderr, ""))
     parts.append(f'<p class="muted">files: {esc(tdir)}</p>')

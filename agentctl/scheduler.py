@@ -779,20 +779,22 @@ class Scheduler:
         skill = self.defn.skills.get(spec.skill) if spec.skill else None
 
         task_dir = self.run.task_dir(t.id)
-        attempt_dir = self.run.attempt_dir(t.id, n)
         # An in-process runner that declares `uses_files = False` (noop) reads nothing from
-        # disk: making its directories and files would be most of its cost.
+        # disk: making its directory and files would be most of its cost.
         files = self._uses_files(t.runner)
         input_path = task_dir / "input.json"
         prompt = prompts.rendered_prompt(pkt, skill) if skill else None
-        prompt_path = attempt_dir / "prompt.md" if prompt is not None else None
+        # prompt.md is for a process ($AGENTCTL_PROMPT); an in-process runner is handed the
+        # prompt, and the llm runner's exchange.json records it as sent.
+        prompt_path = (self.run.attempt_file(t.id, n, "prompt.md")
+                       if prompt is not None and argv is not None else None)
         hb_path = self.run.heartbeat_file(t.id)
         prepare = None
         if files:
             packet_text = self._packet_json(pkt)
 
             def prepare() -> None:
-                self.run.make_attempt_dir(t.id, n)
+                self.run.make_task_dir(t.id)
                 write_atomic(input_path, packet_text.encode(), durable=False)
                 if prompt is not None and prompt_path is not None:
                     write_atomic(prompt_path, prompt.encode(), durable=False)
@@ -801,7 +803,7 @@ class Scheduler:
                     # be ours (0600). An in-process runner's is made at its first beat
                     # (ours, 0.5 s in); `status` counts from the attempt's start until then.
                     fresh_beat(hb_path)
-        output_path = attempt_dir / "report.json"
+        output_path = self.run.attempt_file(t.id, n, "report.json")
         workspace = Path(self.state.workspace or ".")
         workdir = workspace / spec.workdir if spec.workdir else workspace
         key = self._key(t.id)
@@ -822,7 +824,7 @@ class Scheduler:
         return Attempt(
             run_id=self.state.run_id, task_id=t.id, attempt=n, idempotency_key=key, spec=spec,
             skill=skill, model=models[0] if models else None, models=models,
-            workspace=workspace, workdir=workdir, attempt_dir=attempt_dir,
+            workspace=workspace, workdir=workdir, task_dir=task_dir,
             input_path=input_path, output_path=output_path, prompt_path=prompt_path,
             heartbeat_path=hb_path, packet=pkt, prompt=prompt, argv=argv, env=env,
             beat=self._beater(t.id, hb_path), record_call=self._call_recorder(t.id, n),

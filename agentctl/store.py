@@ -152,6 +152,13 @@ def write_output(task_dir: Path, report: dict[str, Any]) -> None:
         write_json_atomic(path, report, compact=True)
 
 
+def attempt_name(attempt: int, name: str) -> str:
+    """An attempt's file's name in its task's directory: ``attempt-2.stderr.log``. One
+    directory per task, not one more per attempt: on ext4 a mkdir costs more than two small
+    files, and a task's first attempt made three (``tasks/<id>/attempts/<n>``)."""
+    return f"attempt-{attempt}.{name}"
+
+
 def makedirs(path: Path) -> None:
     """``path`` and its missing parents, each 0700 (``mkdir(parents=True)`` would give the
     parents it creates the umask's mode, 0755 as a rule). Tries the directory itself first:
@@ -271,20 +278,39 @@ class RunDir:
     def task_dir(self, task_id: str) -> Path:
         return self._tasks / task_id
 
-    def attempt_dir(self, task_id: str, attempt: int) -> Path:
-        return self._tasks.joinpath(task_id, "attempts", str(attempt))
+    def attempt_file(self, task_id: str, attempt: int, name: str) -> Path:
+        """``tasks/<id>/attempt-<n>.<name>``: an attempt's files sit beside the task's
+        input.json and output.json, so a task costs one directory (see ``attempt_name``)."""
+        return self._tasks.joinpath(task_id, attempt_name(attempt, name))
 
-    def make_attempt_dir(self, task_id: str, attempt: int) -> None:
-        """``tasks/<id>/attempts/<n>``, each 0700, made top-down: a task's first attempt
-        costs its three mkdirs and no failed one (``makedirs`` tries the deepest first)."""
-        path = os.fspath(self._tasks)
+    def make_task_dir(self, task_id: str) -> None:
+        """``tasks/<id>`` (0700), if it is not there yet."""
+        path = self._tasks / task_id
         try:
-            for part in (task_id, "attempts", str(attempt)):
-                path = f"{path}/{part}"
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(path, 0o700)
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
         except FileNotFoundError:  # no tasks/ (made with the run): make what is missing
-            makedirs(self.attempt_dir(task_id, attempt))
+            makedirs(path)
+
+    def attempt_files(self, task_id: str, attempt: int) -> dict[str, Path]:
+        """The files attempt ``attempt`` of a task left, by name (``exchange.json``, ...):
+        ``tasks/<id>/attempt-<n>.<name>``, and in a run an earlier agentctl made,
+        ``tasks/<id>/attempts/<n>/<name>``. Sorted by name; hidden (temp) files left out."""
+        tdir = self._tasks / task_id
+        prefix = attempt_name(attempt, "")
+        found: dict[str, Path] = {}
+        for folder, strip in ((tdir / "attempts" / str(attempt), ""), (tdir, prefix)):
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for e in entries:
+                if e.name.startswith(strip) and not e.name.startswith(".") and e.is_file():
+                    name = e.name[len(strip):]
+                    if name:
+                        found[name] = Path(e.path)
+        return dict(sorted(found.items()))
 
     def heartbeat_file(self, task_id: str) -> Path:
         return self._beats / f"{task_id}.beat"

@@ -8,6 +8,7 @@ category, the exact error text, and where to look next. Read-only, no lock, no l
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -15,7 +16,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agentctl import store
-from agentctl.logs import RunLog, attempt_calls, clean, clock, money, resolve_run, unknown_task
+from agentctl.logs import (
+    RunLog,
+    attempt_calls,
+    clean,
+    clock,
+    load_json,
+    money,
+    resolve_run,
+    unknown_task,
+)
 
 FAILING = ("failed", "blocked", "cancelled", "needs_review", "stale")
 
@@ -37,8 +47,7 @@ class Trace:
     prompt_sha256: str | None = None
     prompt_bytes: int | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)  # llm calls of the attempt
-    attempt_dir: str | None = None
-    attempt_files: list[str] = field(default_factory=list)
+    attempt_files: list[str] = field(default_factory=list)  # the last attempt's, as paths
     ended_at: str | None = None
     duration_s: float | None = None
     exit_code: int | None = None
@@ -56,6 +65,30 @@ def sha256_file(path: Path) -> str | None:
     except OSError:
         return None
     return h.hexdigest()
+
+
+def _prompt_identity(files: dict[str, Path]) -> tuple[str, int, str] | None:
+    """(sha256, bytes, where) of the prompt an attempt was sent: its prompt.md (a process
+    agent's), else the messages the llm runner first sent, from exchange.json (as compact
+    JSON, keys sorted: the same conversation always gives the same hash)."""
+    if "prompt.md" in files:
+        digest = sha256_file(files["prompt.md"])
+        if digest is not None:
+            with contextlib.suppress(OSError):
+                return digest, files["prompt.md"].stat().st_size, str(files["prompt.md"])
+    exchange = load_json(files["exchange.json"]) if "exchange.json" in files else None
+    messages = exchange.get("messages") if isinstance(exchange, dict) else None
+    if not isinstance(messages, list) or not messages:
+        return None
+    first = []
+    for m in messages:
+        if isinstance(m, dict) and m.get("role") == "assistant":
+            break
+        first.append(m)
+    data = json.dumps(first, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+    where = f"{files['exchange.json']} (messages 1-{len(first)})" if len(first) > 1 else \
+        f"{files['exchange.json']} (message 1)"
+    return hashlib.sha256(data).hexdigest(), len(data), where
 
 
 def root_causes(log: RunLog, tid: str, seen: set[str] | None = None) -> list[str]:
@@ -111,21 +144,15 @@ def trace_task(log: RunLog, tid: str) -> Trace:
     if attempts:
         last = attempts[-1]
         tr.model = last.model
-        adir = log.run.attempt_dir(tid, last.n)
-        tr.attempt_dir = str(adir)
-        try:
-            tr.attempt_files = sorted(p.name for p in adir.iterdir() if p.is_file())
-        except OSError:
-            tr.attempt_files = []
-        prompt = adir / "prompt.md"
-        tr.prompt_sha256 = sha256_file(prompt)
-        if tr.prompt_sha256 is not None:
-            tr.prompt_file = str(prompt)
-            tr.prompt_bytes = prompt.stat().st_size
+        files = log.run.attempt_files(tid, last.n)
+        tr.attempt_files = [str(p) for n, p in files.items() if n != "pid"]
+        prompt_id = _prompt_identity(files)
+        if prompt_id is not None:
+            tr.prompt_sha256, tr.prompt_bytes, tr.prompt_file = prompt_id
         # The llm runner's exchange.json (or an older run's call files) also holds the
         # calls that failed and the responses reused (no WAL record); the WAL, the
         # responses paid after exchange.json was last written (a driver killed meanwhile).
-        calls = attempt_calls(adir, last, tr.attempt_files)
+        calls = attempt_calls(files, last)
         for c in calls.calls + calls.wal_only:
             r = {k: c.get(k) for k in ("request_hash", "model", "tokens", "cost_usd", "latency_s")
                  if c.get(k) is not None}
@@ -257,9 +284,9 @@ def render(log: RunLog, traces: list[Trace], status: str | None = None) -> str:
             lines.append(f"  before   {_indent(clean(e), pad)}")
         if tr.caused_skips:
             lines.append(f"  skipped  {', '.join(clean(s) for s in tr.caused_skips)}")
-        if tr.attempt_dir:
-            files = [f for f in tr.attempt_files if f != "pid"]
-            lines.append(f"  look at  {tr.attempt_dir}/" + (f"  ({', '.join(files)})" if files else ""))
+        if tr.attempt_files:
+            lines.append(f"  look at  {tr.attempt_files[0]}")
+            lines.extend(f"{pad}{f}" for f in tr.attempt_files[1:])
             lines.append(f"{pad}agentctl logs {log.run.run_id} {tr.task}")
         else:
             lines.append(f"  look at  agentctl logs {log.run.run_id} {tr.task}")

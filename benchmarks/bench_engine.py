@@ -477,7 +477,7 @@ def run_llm_engine(pipeline: Path, work: Path, tag: str) -> tuple[Sample, list[d
     s = run_engine(pipeline, work, tag, span=("llm_call", "attempt_ended"))
     state = work / f"state-{tag}"
     requests: list[dict[str, object]] = []
-    for path in sorted(state.glob("runs/*/tasks/*/attempts/*/exchange.json")):
+    for path in sorted(state.glob("runs/*/tasks/*/attempt-*.exchange.json")):
         ex = json.loads(path.read_text())
         for call in ex["calls"]:  # the first `sent_messages` of the conversation, + params
             requests.append({**call["params"], "messages": ex["messages"][:call["sent_messages"]]})
@@ -529,14 +529,14 @@ def runner_alone(pipeline: Path, concurrency: int, work: Path, tag: str) -> tupl
         spec = defn.task(tid)
         skill = defn.skills[spec.skill] if spec.skill else None
         pkt = prompts.packet("bench", tid, 1, dict(spec.with_), {})
-        adir = work / f"runner-alone-{tag}" / tid
-        adir.mkdir(parents=True, exist_ok=True)
+        tdir = work / f"runner-alone-{tag}" / tid
+        tdir.mkdir(parents=True, exist_ok=True)
         model = defn.model_of(tid)
         attempts.append(Attempt(
             run_id="bench", task_id=tid, attempt=1, idempotency_key="k", spec=spec, skill=skill,
             model=model, models=[model] if model else [], workspace=work, workdir=work,
-            attempt_dir=adir, input_path=adir / "input.json", output_path=adir / "report.json",
-            prompt_path=None, heartbeat_path=adir / "beat", packet=pkt,
+            task_dir=tdir, input_path=tdir / "input.json", output_path=tdir / "report.json",
+            prompt_path=None, heartbeat_path=tdir / "beat", packet=pkt,
             prompt=prompts.rendered_prompt(pkt, skill) if skill else None, argv=None, env={},
             beat=lambda: None, record_call=record))
 

@@ -104,7 +104,7 @@ class LLMProject:
         return replay(self.wal(run_id))
 
     def exchange(self, run_id: str, task: str, attempt: int = 1) -> dict[str, Any]:
-        path = self.run_dir(run_id).attempt_dir(task, attempt) / "exchange.json"
+        path = self.run_dir(run_id).attempt_file(task, attempt, "exchange.json")
         return dict(json.loads(path.read_text()))
 
     def call_files(self, run_id: str, task: str, attempt: int = 1) -> list[dict[str, Any]]:

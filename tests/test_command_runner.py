@@ -118,7 +118,7 @@ def _attempt(argv: list[str], tmp: Path, n: int) -> Attempt:
     d.mkdir(parents=True)
     return Attempt(run_id="r", task_id="t", attempt=1, idempotency_key="k",
                    spec=StepSpec.model_validate({"command": argv}), skill=None, model=None,
-                   models=[], workspace=Path.cwd(), workdir=Path.cwd(), attempt_dir=d,
+                   models=[], workspace=Path.cwd(), workdir=Path.cwd(), task_dir=d,
                    input_path=d / "input.json", output_path=d / "report.json", prompt_path=None,
                    heartbeat_path=d / "beat", packet={}, prompt=None, argv=argv,
                    env=dict(os.environ), beat=lambda: None)

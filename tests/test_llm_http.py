@@ -156,7 +156,7 @@ def test_a_response_is_reused_after_a_sigkill_between_response_and_commit(
     assert state.tasks["a"].status == "complete" and state.tasks["a"].attempt == 2
     calls = [rec for rec in project.wal("r1") if rec["type"] == "llm_call"]
     assert [c["attempt"] for c in calls] == [1]  # paid once, in the attempt that was killed
-    exchange = project.run_dir("r1").attempt_dir("a", 2) / "exchange.json"
+    exchange = project.run_dir("r1").attempt_file("a", 2, "exchange.json")
     [reused] = json.loads(exchange.read_text())["calls"]
     assert reused["cached"] is True and reused["request_hash"] == calls[0]["request_hash"]
     assert state.tokens == calls[0]["tokens"]  # counted once
@@ -182,10 +182,11 @@ def test_a_killed_driver_leaves_exchange_json_with_the_calls_made_so_far(
     driver = project.spawn("run", str(p), "--run-id", "r1")
     wait_for(lambda: len(server.requests) == 3, "the repair's request", timeout=120)
     _kill(driver)
-    adir = project.run_dir("r1").attempt_dir("a", 1)
-    assert sorted(f.name for f in adir.iterdir()) == ["exchange.json", "prompt.md"]
+    tdir = project.run_dir("r1").task_dir("a")
+    # the attempt's one file (no prompt.md: exchange.json holds the prompt as sent)
+    assert sorted(f.name for f in tdir.iterdir()) == ["attempt-1.exchange.json", "input.json"]
     check_run_files(project.run_dir("r1"))  # whole files, no temp file left
-    ex = json.loads((adir / "exchange.json").read_text())
+    ex = json.loads((tdir / "attempt-1.exchange.json").read_text())
     assert ex["outcome"] == "running" and ex["paid_calls"] == 1 and ex["turns"] == 2
     failed, answered = ex["calls"]
     assert failed["error"]["kind"] == "server_error" and failed["response"] is None
@@ -221,7 +222,7 @@ def test_a_killed_driver_leaves_exchange_json_with_the_calls_made_so_far(
     r = project.cli("resume", "r1")
     assert r.returncode == 0, r.stderr
     assert len(server.requests) == 4  # the paid reply is reused, the repair sent again
-    second = json.loads((project.run_dir("r1").attempt_dir("a", 2) / "exchange.json").read_text())
+    second = json.loads((project.run_dir("r1").attempt_file("a", 2, "exchange.json")).read_text())
     assert second["outcome"] == "report"
     assert [c["cached"] for c in second["calls"]] == [True, False]
     assert second["messages"][:4] == ex["messages"]
@@ -241,7 +242,7 @@ def test_a_response_logged_after_exchange_json_was_written_is_shown_from_the_wal
     wait_for(lambda: wal.exists() and sum(r["type"] == "llm_call" for r in project.wal("r1")) == 2,
              "the second response in the WAL", timeout=120)
     _kill(driver)
-    ex = json.loads((project.run_dir("r1").attempt_dir("a", 1) / "exchange.json").read_text())
+    ex = json.loads((project.run_dir("r1").attempt_file("a", 1, "exchange.json")).read_text())
     assert ex["outcome"] == "running" and [c["turn"] for c in ex["calls"]] == [0]
     first, second = [r for r in project.wal("r1") if r["type"] == "llm_call"]
 

@@ -119,9 +119,10 @@ def test_offline_run_end_to_end(proj: LLMProject) -> None:
     [call] = ex["calls"]
     assert call["params"] == {"model": "offline/echo", "response_format": {"type": "json_object"}}
     assert call["sent_messages"] == 2 and call["response"]["usage"]["total_tokens"] > 0
-    for task in "abc":  # one call: one file of the runner's (prompt.md is the scheduler's)
-        adir = proj.run_dir(rid).attempt_dir(task, 1)
-        assert sorted(f.name for f in adir.iterdir()) == ["exchange.json", "prompt.md"]
+    for task in "abc":  # one call: one file of the attempt's (exchange.json holds the prompt)
+        tdir = proj.run_dir(rid).task_dir(task)
+        assert sorted(f.name for f in tdir.iterdir()) == [
+            "attempt-1.exchange.json", "input.json", "output.json"]
 
     # Tokens and cost per call (WAL), per task and in totals (status --json).
     rows = proj.rows(rid)

@@ -37,7 +37,7 @@ def _attempt(tmp_path: Path, model: str, *, with_: dict[str, Any] | None = None,
 
     return Attempt(
         run_id="r", task_id="t", attempt=1, idempotency_key="k", spec=StepSpec(), skill=skill,
-        model=model, models=[model], workspace=tmp_path, workdir=tmp_path, attempt_dir=adir,
+        model=model, models=[model], workspace=tmp_path, workdir=tmp_path, task_dir=adir,
         input_path=adir / "input.json", output_path=adir / "report.json", prompt_path=None,
         heartbeat_path=adir / "beat", packet=pkt,
         prompt=prompts.rendered_prompt(pkt, skill) if skill else None, argv=None, env={},
@@ -94,7 +94,7 @@ def test_a_cancelled_attempt_leaves_no_call_running(tmp_path: Path) -> None:
 
     during, after = _run(go)
     assert during and not after
-    ex = json.loads((tmp_path / "attempt" / "exchange.json").read_text())
+    ex = json.loads((tmp_path / "attempt" / "attempt-1.exchange.json").read_text())
     assert ex["outcome"] == "cancelled" and ex["paid_calls"] == 0  # written however it ends
 
 
@@ -116,7 +116,7 @@ def test_secrets_are_masked_in_the_exchange(
         redact.reset()
     assert out.report is not None
     files = sorted((tmp_path / "attempt").iterdir())
-    assert [f.name for f in files] == ["exchange.json"]  # one call: one file, no temp files
+    assert [f.name for f in files] == ["attempt-1.exchange.json"]  # one call: one file, no temp files
     text = files[0].read_text()
     assert secret not in text and "[REDACTED]" in text
     ex = json.loads(text)

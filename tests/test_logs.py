@@ -108,11 +108,13 @@ def test_one_command_task(run: tuple[Path, Path, str]) -> None:
     # its context packet, then each attempt with its stdout and stderr
     packet = out.split("== context packet")[1].split("\n== ")[0]
     assert json.loads(packet.split("\n", 1)[1])["needs"]["fetch"]["summary"] == "fetched-out"
+    tdir = state / "runs" / rid / "tasks" / "flaky"
     for n in (1, 2):
-        adir = state / "runs" / rid / "tasks" / "flaky" / "attempts" / str(n)
         assert f"== attempt {n} · started" in out
-        assert f"== stdout ({adir}/stdout.log)\ntrying\n" in out
-        assert f"== stderr ({adir}/stderr.log)\nfatal: \\x1b[31mred\\x1b[0m disk on fire\n" in out
+        assert f"files attempt-{n}.stderr.log, attempt-{n}.stdout.log (in {tdir})" in out
+        assert f"== stdout ({tdir}/attempt-{n}.stdout.log)\ntrying\n" in out
+        assert (f"== stderr ({tdir}/attempt-{n}.stderr.log)\nfatal: \\x1b[31mred\\x1b[0m disk on fire\n"
+                in out)
     assert ESC not in out
 
 
@@ -135,10 +137,10 @@ def test_one_llm_task(run: tuple[Path, Path, str]) -> None:
     assert "--- 2 user\n## Your task" in conv
     reply = conv.split("--- 3 assistant · reply 1\n")[1]
     assert json.loads(reply.strip())["status"] == "COMPLETE"  # the raw reply
-    adir = state / "runs" / rid / "tasks" / "ask" / "attempts" / "1"
-    assert sorted(p.name for p in adir.iterdir()) == ["exchange.json", "prompt.md"]
+    tdir = state / "runs" / rid / "tasks" / "ask"
+    assert sorted(p.name for p in tdir.iterdir()) == ["attempt-1.exchange.json", "input.json", "output.json"]
     head, *calls = out.split("== model calls (")[1].split("\n== ")[0].splitlines()
-    assert head.startswith(f"{adir}/exchange.json: each request is the conversation's first messages")
+    assert head.startswith(f"{tdir}/attempt-1.exchange.json: each request is the conversation's first")
     assert len(calls) == 2  # the call, and what it sent
     assert calls[0].startswith("call 1  turn 0  offline/echo  ")
     assert " tokens  $0.0" in calls[0] and "s  request " in calls[0]
@@ -151,13 +153,17 @@ def test_one_llm_task(run: tuple[Path, Path, str]) -> None:
 
 
 def test_an_older_runs_call_files_are_still_read(run: tuple[Path, Path, str], tmp_path: Path) -> None:
-    """Earlier versions wrote a call-NNN.json per request (the request in full) beside
-    exchange.json; a driver killed mid-attempt left only those. Made here from a real
-    attempt's exchange.json, as that version wrote them."""
+    """Earlier versions kept an attempt's files in ``tasks/<id>/attempts/<n>/`` and wrote a
+    call-NNN.json per request (the request in full) beside exchange.json; a driver killed
+    mid-attempt left only those. Made here from a real attempt's exchange.json, as those
+    versions laid them out."""
     proj, state, rid = run
     copy = tmp_path / "state"
     shutil.copytree(state, copy)
-    adir = store.StateDir(copy).run(rid).attempt_dir("ask", 1)
+    rd = store.StateDir(copy).run(rid)
+    adir = rd.task_dir("ask") / "attempts" / "1"
+    adir.mkdir(parents=True)
+    rd.attempt_file("ask", 1, "exchange.json").rename(adir / "exchange.json")
     ex = json.loads((adir / "exchange.json").read_text())
     [entry] = ex["calls"]
     old = {k: v for k, v in entry.items() if k not in ("sent_messages", "params")}
@@ -166,7 +172,8 @@ def test_an_older_runs_call_files_are_still_read(run: tuple[Path, Path, str], tm
 
     both = cli("logs", rid, "ask", cwd=proj, state=copy).stdout  # a finished old run
     assert f"== model calls ({adir}/exchange.json: " in both
-    assert "call-001.json" not in both  # not shown again as a file of its own
+    assert f"files call-001.json, exchange.json (in {adir})" in both  # listed, ...
+    assert "== call-001.json" not in both  # ... but not shown again in a section of its own
 
     (adir / "exchange.json").unlink()  # an old run killed before the attempt ended
     out = cli("logs", rid, "ask", cwd=proj, state=copy).stdout

@@ -74,6 +74,16 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def sent_prompt(exchange: Path) -> tuple[str, int]:
+    """sha256 and size of the messages an llm attempt first sent (those before the first
+    reply), as compact JSON with sorted keys."""
+    messages = json.loads(exchange.read_text())["messages"]
+    roles = [m["role"] for m in messages]
+    first = messages[:roles.index("assistant")] if "assistant" in roles else messages
+    data = json.dumps(first, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
 def test_trace_names_model_hashes_category_and_exact_error(failed: tuple[Path, Path, str]) -> None:
     proj, state, rid = failed
     p = cli("trace", rid, cwd=proj, state=state)
@@ -94,12 +104,14 @@ def test_trace_names_model_hashes_category_and_exact_error(failed: tuple[Path, P
     frozen = rd / "definition" / "skills" / "planner" / "SKILL.md"
     assert f"  skill    planner sha256:{sha(frozen)}\n           {frozen}\n" in k
     assert sha(frozen) != sha(proj / "skills" / "planner" / "SKILL.md")
-    prompt = rd / "tasks" / "keyless" / "attempts" / "1" / "prompt.md"
-    assert f"  prompt   sha256:{sha(prompt)} ({prompt.stat().st_size} bytes)\n           {prompt}\n" in k
-    [call] = json.loads((prompt.parent / "exchange.json").read_text())["calls"]
+    # an llm task's prompt is the messages first sent, as exchange.json records them
+    exchange = rd / "tasks" / "keyless" / "attempt-1.exchange.json"
+    digest, size = sent_prompt(exchange)
+    assert f"  prompt   sha256:{digest} ({size} bytes)\n           {exchange} (messages 1-2)\n" in k
+    [call] = json.loads(exchange.read_text())["calls"]
     assert f"request {call['request_hash']}" in k and "error: authentication" in k
-    assert sorted(p.name for p in prompt.parent.iterdir()) == ["exchange.json", "prompt.md"]
-    assert f"  look at  {prompt.parent}/" in k and f"agentctl logs {rid} keyless" in k
+    assert sorted(p.name for p in exchange.parent.iterdir()) == ["attempt-1.exchange.json", "input.json"]
+    assert f"  look at  {exchange}\n" in k and f"agentctl logs {rid} keyless" in k
     assert "  skipped  plan, review\n" in k
 
     lint = blocks["lint"]
@@ -109,7 +121,7 @@ def test_trace_names_model_hashes_category_and_exact_error(failed: tuple[Path, P
     assert "  attempt  2 (wave 0, runner command)" in lint and "exit code 2" in lint
     assert "  before   attempt 1: [command_failed] exit code 2: lint: 3 errors in src/app.py" in lint
     assert "  model    none (a command task)\n  skill    none\n" in lint
-    assert (rd / "tasks" / "lint" / "attempts" / "2").is_dir()
+    assert f"  look at  {rd / 'tasks' / 'lint' / 'attempt-2.stderr.log'}\n" in lint
 
     assert blocks["stuck"].startswith("✗ stuck  blocked · blocked\n")
     assert "  error    the agent is blocked: no API key\n" in blocks["stuck"]
@@ -137,8 +149,8 @@ def test_trace_json(failed: tuple[Path, Path, str]) -> None:
     assert k["category"] == "provider_error"
     assert k["message"] == status_errors(proj, state, rid)["keyless"]["message"]
     assert k["skill_sha256"] == sha(rd / "definition" / "skills" / "planner" / "SKILL.md")
-    assert k["prompt_sha256"] == sha(rd / "tasks" / "keyless" / "attempts" / "1" / "prompt.md")
-    assert k["attempt_dir"] == str(rd / "tasks" / "keyless" / "attempts" / "1")
+    assert k["prompt_sha256"] == sent_prompt(rd / "tasks" / "keyless" / "attempt-1.exchange.json")[0]
+    assert k["attempt_files"] == [str(rd / "tasks" / "keyless" / "attempt-1.exchange.json")]
     assert k["caused_skips"] == ["plan", "review"]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from agentctl.models import Skill, StepSpec
+from agentctl.store import attempt_name
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Attempt:
     models: list[str]  # the model and its fallbacks, in order
     workspace: Path
     workdir: Path
-    attempt_dir: Path
+    task_dir: Path  # tasks/<id>: input.json, output.json, and each attempt's files (``file``)
     input_path: Path
     output_path: Path
     prompt_path: Path | None
@@ -50,6 +51,10 @@ class Attempt:
     # Budget left for this attempt (None = unlimited).
     budget_usd: float | None = None
     budget_tokens: int | None = None
+
+    def file(self, name: str) -> Path:
+        """Where this attempt keeps a file of its own: ``tasks/<id>/attempt-<n>.<name>``."""
+        return self.task_dir / attempt_name(self.attempt, name)
 
 
 @dataclass

@@ -276,8 +276,8 @@ class _Process:
         self.exited: asyncio.Future[int] = self.loop.create_future()
         self.drained: asyncio.Future[None] = self.loop.create_future()
         self.tails = (bytearray(), bytearray())
-        self.logs = (_LazyLog(attempt.attempt_dir / "stdout.log"),
-                     _LazyLog(attempt.attempt_dir / "stderr.log"))
+        self.logs = (_LazyLog(attempt.file("stdout.log")),
+                     _LazyLog(attempt.file("stderr.log")))
         self.written = [0, 0]
         self.open: dict[int, int] = {}  # fd -> 0 (stdout) or 1 (stderr)
         for i, pipe in enumerate((proc.stdout, proc.stderr)):

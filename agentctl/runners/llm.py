@@ -632,7 +632,7 @@ class _Conversation:
         # One line of JSON: the C encoder is many times faster than indent=2's pure Python
         # one, and this is written for every attempt (`jq . exchange.json` to read it).
         with contextlib.suppress(OSError):
-            write_atomic(self.a.attempt_dir / name, _masked_json(obj).encode(), durable=False)
+            write_atomic(self.a.file(name), _masked_json(obj).encode(), durable=False)
 
     def details(self) -> dict[str, Any]:
         return {"model": self.answered_by, "turns": self.turns, "calls": self.paid,
