@@ -24,6 +24,13 @@ class LineReporter:
 
     def __init__(self, out: TextIO | None = None) -> None:
         self.out = out or sys.stdout
+        self._lines: list[str] = []  # written once a pass (``tick``): one write, not one a line
+
+    def __enter__(self) -> LineReporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.tick(None)  # whatever the driver said before it stopped, however it stopped
 
     def event(self, rec: dict[str, Any], state: RunState) -> None:
         kind = rec["type"]
@@ -65,8 +72,12 @@ class LineReporter:
             line = (f"run {state.run_id} {rec['status']}: {state.count('complete')}/"
                     f"{len(state.tasks)} complete, {state.tokens} tokens, ${state.cost_usd:.4f}")
         if line:
-            self.out.write(_printable(line) + "\n")
+            self._lines.append(_printable(line) + "\n")
 
-    def tick(self, state: RunState) -> None:
-        # Once a pass, after its records are committed: not a flush per line.
+    def tick(self, state: RunState | None) -> None:
+        # Once a pass, after its records are committed: one write and one flush, not one of
+        # each per line (stdout is unbuffered under PYTHONUNBUFFERED).
+        if self._lines:
+            text, self._lines = "".join(self._lines), []
+            self.out.write(text)
         self.out.flush()
