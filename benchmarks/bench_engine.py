@@ -31,11 +31,12 @@ record per task (the ratio to (a) alone is printed too); no-op tasks at
 0.15 ms/task of overhead or less (LangGraph with its SQLite checkpointer measured 1.3-1.6 ms/task
 on the same waves on the development machine).
 
-llm tasks (issue 4, item 9; ``bench_llm`` at the end, skip with ``--no-llm``): ``--tasks``
-``offline/echo`` tasks at ``--llm-concurrency`` (16) through the whole engine and llm runner,
-against a plain asyncio loop in this process of the very litellm calls that run made; once per
-``--llm-latency`` of the offline model. Goal: under 1.3x. And a whole run of one task with and
-without llm tasks: what importing litellm adds to a run's start.
+llm tasks (issue 4, item 9; ``bench_llm`` at the end, skip with ``--no-llm``, only them with
+``--only-llm``): ``--tasks`` ``offline/echo`` tasks at ``--llm-concurrency`` (16) through the
+whole engine and llm runner, against a plain asyncio loop in this process of the very litellm
+calls that run made; once per ``--llm-latency`` of the offline model. Goal: under 1.3x. And a
+whole run of one task with and without llm tasks: what importing litellm adds to a run's
+start; and what the disk charges at the moment for the files an llm attempt makes.
 """
 
 from __future__ import annotations
@@ -303,10 +304,14 @@ def main() -> None:
     ap.add_argument("--llm-latency", default="0ms,50ms",
                     help="reply latencies of the offline model, one llm run each (default 0ms,50ms)")
     ap.add_argument("--no-llm", action="store_true", help="skip the llm runs")
+    ap.add_argument("--only-llm", action="store_true",
+                    help="only the llm runs (no command and no-op runs, no their floors)")
     args = ap.parse_args()
     n, k = args.tasks, args.repeat
     if n < args.waves or args.waves < 1 or n < 2:
         ap.error("need --tasks >= --waves >= 1 and --tasks >= 2")
+    if args.no_llm and args.only_llm:
+        ap.error("--no-llm and --only-llm leave nothing to run")
 
     print("$ " + shlex.join([os.path.relpath(PY, ROOT) if PY.startswith(str(ROOT)) else PY,
                               os.path.relpath(__file__, ROOT), *sys.argv[1:]]))
@@ -318,6 +323,12 @@ def main() -> None:
 
 
 def _bench(args: argparse.Namespace, n: int, k: int, work: Path) -> None:
+    if args.only_llm:
+        print(f"python {platform.python_version()} on {platform.system()} {platform.release()}, "
+              f"{os.cpu_count()} CPUs; files in {work}; load average {_load()} at the start")
+        bench_llm(n, args.llm_waves, args.llm_concurrency, k,
+                  [x.strip() for x in args.llm_latency.split(",") if x.strip()], work)
+        return
     per_wave = n / args.waves
     print(f"{n} tasks in {args.waves} waves of {per_wave:g}, each needing every task of the wave "
           f"before; concurrency {args.concurrency}; median of {k} (min-max)")
@@ -559,6 +570,26 @@ def runner_alone(pipeline: Path, concurrency: int, work: Path, tag: str) -> tupl
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def floor_attempt_files(n: int, work: Path, tag: str) -> float:
+    """Not a floor of the issue's, but what this disk charges right now for the files an llm
+    attempt makes (``tasks/<id>/``; input.json, attempt-1.exchange.json and output.json, each
+    temp file + rename, with the sizes of this benchmark's), ``n`` times, alone: seconds. On
+    ext4 without a journal (this machine), making a file after many were deleted costs up to
+    ten times more for a few minutes (the allocator skips recently freed inodes)."""
+    from agentctl.store import write_atomic
+
+    root = work / f"files-floor-{tag}"
+    root.mkdir()
+    sizes = (("input.json", 100), ("attempt-1.exchange.json", 3300), ("output.json", 210))
+    t0 = time.perf_counter()
+    for i in range(n):
+        d = root / f"t{i}"
+        os.mkdir(d, 0o700)
+        for name, size in sizes:
+            write_atomic(d / name, b"x" * size, durable=False)
+    return time.perf_counter() - t0
+
+
 def bench_llm(n: int, waves: int, concurrency: int, k: int, latencies: list[str], work: Path) -> None:
     """Print the llm runner's figures (called at the end of ``_bench``)."""
     from agentctl.runners import llm
@@ -582,7 +613,9 @@ def bench_llm(n: int, waves: int, concurrency: int, k: int, latencies: list[str]
     runs: dict[str, list[Sample]] = {lat: [] for lat in latencies}
     floors: dict[str, list[tuple[float, float]]] = {lat: [] for lat in latencies}
     alone: dict[str, list[tuple[float, float]]] = {lat: [] for lat in latencies}
+    files: list[float] = []
     for i in range(k):  # interleaved, so drift on the machine hits all alike
+        files.append(floor_attempt_files(n, work, str(i)))
         start_noop.append(run_engine(noop_one, work, f"noop-one-{i}"))
         start_llm.append(run_llm_engine(one[latencies[0]], work, f"llm-one-{i}")[0])
         for lat in latencies:
@@ -607,6 +640,8 @@ def bench_llm(n: int, waves: int, concurrency: int, k: int, latencies: list[str]
     print(f"  a whole run of 1 noop task (never imports it)   {spread([s.wall for s in start_noop])} s")
     print(f"  a whole run of 1 llm task (imports it)          {spread([s.wall for s in start_llm])} s "
           f"(CPU {spread([s.cpu for s in start_llm])} s)")
+    print(f"  this disk now: an llm attempt's files alone (1 directory, 3 small files), x{n}  "
+          f"{spread(files)} s = {med(files) / n * 1e3:.3f} ms/task")
     ratios = []
     for lat, model in models.items():
         spans = [float(s.stats.get("span_s", 0.0)) for s in runs[lat]]
