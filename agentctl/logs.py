@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -616,12 +617,33 @@ def task_sections(log: RunLog, tid: str) -> Iterator[tuple[str, str]]:
         for rec in a.other:
             yield "", history_line(rec, 0)
 
+    for path in _other_files(tdir):  # an agent's, left beside its report ($AGENTCTL_OUTPUT)
+        body = _json_file(path) if path.name.endswith(".json") else _read_text(path)
+        if body is not None:
+            yield f"{path.name}, not agentctl's ({path})", body
+
     out = _json_file(tdir / "output.json")
     if out is not None:
-        if last_report is not None and out == pretty(last_report):
+        if t is None or t.report is None:  # not ours: the WAL commits no report for it
+            yield f"output.json, not a committed report: the WAL has none ({tdir / 'output.json'})", out
+        elif last_report is not None and out == pretty(last_report):
             yield "", f"committed report: {tdir / 'output.json'} (the report above)"
         else:
             yield f"committed report ({tdir / 'output.json'})", out
+
+
+_OWN_FILE = re.compile(r"(input|output)\.json|attempt-\d+\..+")
+
+
+def _other_files(tdir: Path) -> list[Path]:
+    """Files in a task's directory that agentctl did not write: an agent's own, left beside
+    its report (its $AGENTCTL_OUTPUT is ``attempt-<n>.report.json`` there)."""
+    try:
+        entries = sorted(os.scandir(tdir), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [Path(e.path) for e in entries
+            if not e.name.startswith(".") and not _OWN_FILE.fullmatch(e.name) and e.is_file()]
 
 
 def _files_line(files: dict[str, Path]) -> str:

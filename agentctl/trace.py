@@ -43,7 +43,8 @@ class Trace:
     skill: str | None = None
     skill_file: str | None = None
     skill_sha256: str | None = None
-    prompt_file: str | None = None
+    prompt_file: str | None = None  # the file that holds it
+    prompt_source: str | None = None  # what in that file: "prompt.md", "messages 1-2"
     prompt_sha256: str | None = None
     prompt_bytes: int | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)  # llm calls of the attempt
@@ -67,15 +68,15 @@ def sha256_file(path: Path) -> str | None:
     return h.hexdigest()
 
 
-def _prompt_identity(files: dict[str, Path]) -> tuple[str, int, str] | None:
-    """(sha256, bytes, where) of the prompt an attempt was sent: its prompt.md (a process
-    agent's), else the messages the llm runner first sent, from exchange.json (as compact
-    JSON, keys sorted: the same conversation always gives the same hash)."""
+def _prompt_identity(files: dict[str, Path]) -> tuple[str, int, Path, str] | None:
+    """(sha256, bytes, file, what in it) of the prompt an attempt was sent: its prompt.md
+    (a process agent's), else the messages the llm runner first sent, from exchange.json
+    (as compact JSON, keys sorted: the same conversation always gives the same hash)."""
     if "prompt.md" in files:
         digest = sha256_file(files["prompt.md"])
         if digest is not None:
             with contextlib.suppress(OSError):
-                return digest, files["prompt.md"].stat().st_size, str(files["prompt.md"])
+                return digest, files["prompt.md"].stat().st_size, files["prompt.md"], "prompt.md"
     exchange = load_json(files["exchange.json"]) if "exchange.json" in files else None
     messages = exchange.get("messages") if isinstance(exchange, dict) else None
     if not isinstance(messages, list) or not messages:
@@ -86,9 +87,8 @@ def _prompt_identity(files: dict[str, Path]) -> tuple[str, int, str] | None:
             break
         first.append(m)
     data = json.dumps(first, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
-    where = f"{files['exchange.json']} (messages 1-{len(first)})" if len(first) > 1 else \
-        f"{files['exchange.json']} (message 1)"
-    return hashlib.sha256(data).hexdigest(), len(data), where
+    what = f"messages 1-{len(first)}" if len(first) > 1 else "message 1"
+    return hashlib.sha256(data).hexdigest(), len(data), files["exchange.json"], what
 
 
 def root_causes(log: RunLog, tid: str, seen: set[str] | None = None) -> list[str]:
@@ -148,7 +148,8 @@ def trace_task(log: RunLog, tid: str) -> Trace:
         tr.attempt_files = [str(p) for n, p in files.items() if n != "pid"]
         prompt_id = _prompt_identity(files)
         if prompt_id is not None:
-            tr.prompt_sha256, tr.prompt_bytes, tr.prompt_file = prompt_id
+            tr.prompt_sha256, tr.prompt_bytes, path, tr.prompt_source = prompt_id
+            tr.prompt_file = str(path)
         # The llm runner's exchange.json (or an older run's call files) also holds the
         # calls that failed and the responses reused (no WAL record); the WAL, the
         # responses paid after exchange.json was last written (a driver killed meanwhile).
@@ -263,10 +264,16 @@ def render(log: RunLog, traces: list[Trace], status: str | None = None) -> str:
             lines.append("  skill    none")
         if tr.prompt_sha256:
             lines.append(f"  prompt   sha256:{tr.prompt_sha256} ({tr.prompt_bytes} bytes)")
-            lines.append(f"{pad}{tr.prompt_file}")
+            lines.append(f"{pad}{tr.prompt_file}"
+                         + ("" if tr.prompt_source == "prompt.md" else f" ({tr.prompt_source})"))
+        elif not tr.skill:
+            lines.append("  prompt   none (no skill: no prompt was rendered)")
+        elif tr.attempts and tr.runner == "llm":
+            # exchange.json is written once a call is answered, or is still out after a beat
+            lines.append("  prompt   none on disk (exchange.json is written when the first "
+                         "model call answers, or after 0.25 s of it; the driver stopped before)")
         else:
-            lines.append("  prompt   none" + (" (no skill: no prompt was rendered)" if not tr.skill
-                                              else " (the task never got one)"))
+            lines.append("  prompt   none (the task never got one)")
         for i, r in enumerate(tr.requests, 1):
             bits = [f"request {clean(str(r.get('request_hash', '?')))}"]
             if r.get("model"):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -315,3 +317,66 @@ def _wait(pred: object, what: str, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def test_an_agents_own_files_are_shown_and_a_stray_output_json_is_not_taken_for_a_report(
+        tmp_path: Path) -> None:
+    """$AGENTCTL_OUTPUT's directory is the task's: what an agent leaves there is shown, as
+    not agentctl's, and an output.json the WAL has no report for is not called committed."""
+    proj = project(tmp_path)
+    (proj / "p.yaml").write_text("""\
+name: stray
+defaults: {retries: 0}
+tasks:
+  job:
+    command: [sh, -c, 'd=$(dirname "$AGENTCTL_OUTPUT"); echo "notes of attempt $AGENTCTL_ATTEMPT" > "$d/notes.txt"; echo "{\\"fake\\": 1}" > "$d/output.json"; exit 3']
+""")
+    state = tmp_path / "state"
+    assert cli("run", "p.yaml", "--run-id", "s1", cwd=proj, state=state).returncode == 1
+    out = cli("logs", "s1", "job", cwd=proj, state=state).stdout
+    tdir = state / "runs" / "s1" / "tasks" / "job"
+    assert f"== notes.txt, not agentctl's ({tdir / 'notes.txt'})\nnotes of attempt 1\n" in out
+    assert f"== output.json, not a committed report: the WAL has none ({tdir / 'output.json'})" in out
+    assert "committed report" not in out.replace("not a committed report", "")
+
+
+def _wait(pred: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_slow_first_model_call_has_its_prompt_on_disk_while_out_and_after_a_kill(
+        tmp_path: Path) -> None:
+    """exchange.json is written once a call has been out for a beat (0.25 s), marked
+    running: `logs` shows the conversation as sent and `trace` its hash, live and after the
+    driver is SIGKILLed mid-call."""
+    proj = project(tmp_path)
+    (proj / "p.yaml").write_text("""\
+name: slowllm
+defaults: {retries: 0, model: "offline/echo?latency=60s"}
+tasks:
+  ask:
+    skill: writer
+    with: {angle: api}
+""")
+    state = tmp_path / "state"
+    env = {**os.environ, "AGENTCTL_STATE_DIR": str(state), "AGENTCTL_PLAIN": "1"}
+    drv = subprocess.Popen([sys.executable, "-m", "agentctl", "run", "p.yaml", "--run-id", "r1"],
+                           cwd=proj, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    exchange = state / "runs" / "r1" / "tasks" / "ask" / "attempt-1.exchange.json"
+    try:
+        _wait(exchange.exists, "the running exchange.json")
+        assert drv.poll() is None  # the call is still out
+        ex = json.loads(exchange.read_text())
+        assert ex["outcome"] == "running" and ex["calls"] == []
+        assert [m["role"] for m in ex["messages"]] == ["system", "user"]
+        live = cli("logs", "r1", "ask", cwd=proj, state=state).stdout
+        assert f"== conversation ({exchange})" in live and "--- 1 system\nWrite the note, please." in live
+    finally:
+        os.killpg(drv.pid, signal.SIGKILL)
+        drv.wait(timeout=30)
+    trace = cli("trace", "r1", "ask", cwd=proj, state=state).stdout
+    assert "  prompt   sha256:" in trace and f"{exchange} (messages 1-2)" in trace

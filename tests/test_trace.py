@@ -151,6 +151,9 @@ def test_trace_json(failed: tuple[Path, Path, str]) -> None:
     assert k["skill_sha256"] == sha(rd / "definition" / "skills" / "planner" / "SKILL.md")
     assert k["prompt_sha256"] == sent_prompt(rd / "tasks" / "keyless" / "attempt-1.exchange.json")[0]
     assert k["attempt_files"] == [str(rd / "tasks" / "keyless" / "attempt-1.exchange.json")]
+    # the prompt's file is a path to open; what in it is the prompt is said apart
+    assert k["prompt_file"] == str(rd / "tasks" / "keyless" / "attempt-1.exchange.json")
+    assert k["prompt_source"] == "messages 1-2"
     assert k["caused_skips"] == ["plan", "review"]
 
 

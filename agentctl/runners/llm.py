@@ -366,6 +366,7 @@ class _Conversation:
         self.max_repairs = max_repairs
         self.entries: list[dict[str, Any]] = []  # every request made, for exchange.json
         self.saved = 0  # how many of them the last exchange.json written holds
+        self.on_disk = False  # whether an exchange.json of this attempt was written
         self.paid = 0  # responses paid for in this attempt
         self.reused = 0
         self.tokens = 0
@@ -574,6 +575,11 @@ class _Conversation:
 
         def tick() -> None:
             timer[0] = loop.call_later(BEAT_EVERY_S, tick)  # first: a beat that raises beats on
+            if not self.on_disk:
+                # A call still out after a beat's time: the prompt as sent goes on disk now
+                # (exchange.json, `running`), so a driver killed during a slow first call
+                # leaves it behind; a call answered at once never pays for this write.
+                self.save()
             beat()
 
         timer.append(loop.call_later(BEAT_EVERY_S, tick))
@@ -608,8 +614,9 @@ class _Conversation:
     def _checkpoint(self) -> None:
         """Before another call (or a backoff before one): ``exchange.json`` as it stands, if
         a request was made since it was last written, so that a driver killed during what
-        follows leaves the calls made so far behind. The first call writes nothing: an
-        attempt that makes one call writes one file, once."""
+        follows leaves the calls made so far behind. The first call writes nothing unless
+        it is still out after ``BEAT_EVERY_S`` (see ``_beating``): an attempt that makes one
+        quick call writes one file, once."""
         if len(self.entries) > self.saved:
             self.save()
 
@@ -619,6 +626,7 @@ class _Conversation:
         cancels it: still written), and by ``_checkpoint`` meanwhile, with ``outcome``
         ``running``; for people -- the WAL holds what recovery needs (every paid response)."""
         self.saved = len(self.entries)
+        self.on_disk = True
         data = {
             "task": self.a.task_id, "attempt": self.a.attempt, "models": self.a.models,
             "outcome": self.ending, "answered_by": self.answered_by, "turns": self.turns,
