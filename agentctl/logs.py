@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from agentctl import store
+from agentctl import redact, store
 from agentctl.errors import UsageError
 from agentctl.state import RunState, apply
 
@@ -355,7 +355,9 @@ def _read_text(path: Path, cap: int = SHOW_CAP) -> str | None:
             data = f.read()
     except OSError:
         return None
-    return head + clean(data.decode("utf-8", "replace"))
+    # Masked here too: agentctl's own files are masked as written, but an agent's own files
+    # (left beside its report, or its raw report.json) are as the agent wrote them.
+    return head + clean(redact.default().text(data.decode("utf-8", "replace")))
 
 
 def pretty(value: Any) -> str:
@@ -367,7 +369,9 @@ def _json_file(path: Path) -> str | None:
     if text is None:
         return None
     try:
-        return pretty(json.loads(path.read_bytes())) if path.stat().st_size <= SHOW_CAP else text
+        if path.stat().st_size > SHOW_CAP:
+            return text
+        return redact.default().text(pretty(json.loads(path.read_bytes())))
     except (ValueError, OSError):
         return text
 

@@ -270,8 +270,9 @@ def render(log: RunLog, traces: list[Trace], status: str | None = None) -> str:
             lines.append("  prompt   none (no skill: no prompt was rendered)")
         elif tr.attempts and tr.runner == "llm":
             # exchange.json is written once a call is answered, or is still out after a beat
-            lines.append("  prompt   none on disk (exchange.json is written when the first "
-                         "model call answers, or after 0.25 s of it; the driver stopped before)")
+            lines.append("  prompt   none on disk (exchange.json is written when the attempt "
+                         "ends, before a further call, or once a call has been out 0.25 s; "
+                         "this attempt left none)")
         else:
             lines.append("  prompt   none (the task never got one)")
         for i, r in enumerate(tr.requests, 1):

@@ -380,3 +380,30 @@ tasks:
         drv.wait(timeout=30)
     trace = cli("trace", "r1", "ask", cwd=proj, state=state).stdout
     assert "  prompt   sha256:" in trace and f"{exchange} (messages 1-2)" in trace
+
+
+def test_a_secret_in_a_file_an_agent_left_is_masked_by_logs(tmp_path: Path) -> None:
+    """Its stdout is masked as it is captured; a file it leaves beside its report is as the
+    agent wrote it, and `logs` masks it as it shows it."""
+    key = "sk-proj-" + "0123456789abcdef" * 3
+    proj = project(tmp_path)
+    (proj / "p.yaml").write_text("""\
+name: leak
+defaults: {retries: 0}
+tasks:
+  job:
+    command: [sh, -c, 'd=$(dirname "$AGENTCTL_OUTPUT"); echo "key=$OPENAI_API_KEY" > "$d/notes.txt"; echo "key=$OPENAI_API_KEY"']
+""")
+    state = tmp_path / "state"
+    env = {**os.environ, "AGENTCTL_STATE_DIR": str(state), "AGENTCTL_PLAIN": "1", "OPENAI_API_KEY": key}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agentctl", *args], cwd=proj, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    assert run("run", "p.yaml", "--run-id", "l1").returncode == 0
+    out = run("logs", "l1", "job").stdout
+    notes = out.split("== notes.txt, not agentctl's (")[1].split("\n== ")[0]
+    assert notes.split("\n", 1)[1].startswith("key=[REDACTED]\n")  # the file, masked as shown
+    assert "key=[REDACTED]" in out.split("== stdout (")[1].split("\n== ")[0]  # as captured
+    assert key not in out

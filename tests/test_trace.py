@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +226,70 @@ def test_trace_never_imports_litellm(failed: tuple[Path, Path, str]) -> None:
                            env=env, capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr[-2000:]
         assert "litellm" not in p.stderr
+
+
+NO_PROMPT = ("  prompt   none on disk (exchange.json is written when the attempt ends, before a "
+             "further call, or once a call has been out 0.25 s; this attempt left none)")
+
+
+def _prompt_line(trace: str) -> str:
+    return next(line for line in trace.splitlines() if line.startswith("  prompt "))
+
+
+def _llm_project(root: Path, pipeline: str) -> Path:
+    proj = root / "proj"
+    (proj / "skills" / "writer").mkdir(parents=True)
+    (proj / "skills" / "writer" / "SKILL.md").write_text(
+        "---\nname: writer\ndescription: Writes a note. Use in tests.\n---\nWrite the note, please.\n")
+    (proj / "p.yaml").write_text(pipeline)
+    return proj
+
+
+def test_an_llm_attempt_that_timed_out_before_its_conversation_says_only_what_is_on_disk(
+        tmp_path: Path) -> None:
+    """The attempt ended (timeout) before the runner had a conversation: no exchange.json,
+    and trace does not claim the driver stopped (it ran to the end)."""
+    proj = _llm_project(tmp_path, """\
+name: quick-timeout
+defaults: {retries: 0, model: "offline/echo?latency=5s"}
+tasks:
+  ask:
+    skill: writer
+    timeout: 50ms
+""")
+    state = tmp_path / "state"
+    assert cli("run", "p.yaml", "--run-id", "t1", cwd=proj, state=state).returncode == 1
+    assert status_errors(proj, state, "t1")["ask"]["category"] == "timeout"
+    assert not (state / "runs" / "t1" / "tasks" / "ask" / "attempt-1.exchange.json").exists()
+    assert _prompt_line(cli("trace", "t1", "ask", cwd=proj, state=state).stdout) == NO_PROMPT
+
+
+def test_a_quick_answered_call_then_a_killed_driver_is_explained_without_contradiction(
+        tmp_path: Path) -> None:
+    """A first call answered at once (in the WAL), then the driver killed before the attempt
+    ended: no exchange.json; trace lists the call and says what writes the file."""
+    proj = _llm_project(tmp_path, """\
+name: answered
+defaults: {retries: 0, model: offline/echo}
+tasks:
+  ask:
+    skill: writer
+""")
+    state = tmp_path / "state"
+    env = {**os.environ, "AGENTCTL_STATE_DIR": str(state), "AGENTCTL_PLAIN": "1",
+           "AGENTCTL_TEST_PAUSE_AFTER_CALL": "600"}
+    drv = subprocess.Popen([sys.executable, "-m", "agentctl", "run", "p.yaml", "--run-id", "a1"],
+                           cwd=proj, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    wal = state / "runs" / "a1" / "wal.jsonl"
+    try:
+        deadline = time.monotonic() + 60
+        while not (wal.exists() and b'"llm_call"' in wal.read_bytes()):
+            assert time.monotonic() < deadline and drv.poll() is None
+            time.sleep(0.05)
+    finally:
+        os.killpg(drv.pid, signal.SIGKILL)
+        drv.wait(timeout=30)
+    assert not (state / "runs" / "a1" / "tasks" / "ask" / "attempt-1.exchange.json").exists()
+    out = cli("trace", "a1", "ask", cwd=proj, state=state).stdout
+    assert "  call 1   request " in out and _prompt_line(out) == NO_PROMPT
