@@ -647,7 +647,7 @@ def _other_files(tdir: Path) -> list[Path]:
     except OSError:
         return []
     return [Path(e.path) for e in entries
-            if not e.name.startswith(".") and not _OWN_FILE.fullmatch(e.name) and e.is_file()]
+            if not e.name.startswith(".") and not _OWN_FILE.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
 
 
 def _files_line(files: dict[str, Path]) -> str:

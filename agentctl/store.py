@@ -306,7 +306,7 @@ class RunDir:
             except OSError:
                 continue
             for e in entries:
-                if e.name.startswith(strip) and not e.name.startswith(".") and e.is_file():
+                if e.name.startswith(strip) and not e.name.startswith(".") and e.is_file(follow_symlinks=False):
                     name = e.name[len(strip):]
                     if name:
                         found[name] = Path(e.path)

@@ -329,8 +329,9 @@ name: stray
 defaults: {retries: 0}
 tasks:
   job:
-    command: [sh, -c, 'd=$(dirname "$AGENTCTL_OUTPUT"); echo "notes of attempt $AGENTCTL_ATTEMPT" > "$d/notes.txt"; echo "{\\"fake\\": 1}" > "$d/output.json"; exit 3']
+    command: [sh, -c, 'd=$(dirname "$AGENTCTL_OUTPUT"); echo "notes of attempt $AGENTCTL_ATTEMPT" > "$d/notes.txt"; echo "{\\"fake\\": 1}" > "$d/output.json"; ln -s "$AGENTCTL_WORKSPACE/elsewhere.txt" "$d/link.txt"; ln -s "$AGENTCTL_WORKSPACE/elsewhere.txt" "$d/attempt-1.link.txt"; exit 3']
 """)
+    (proj / "elsewhere.txt").write_text("a file outside the state directory\n")
     state = tmp_path / "state"
     assert cli("run", "p.yaml", "--run-id", "s1", cwd=proj, state=state).returncode == 1
     out = cli("logs", "s1", "job", cwd=proj, state=state).stdout
@@ -338,6 +339,7 @@ tasks:
     assert f"== notes.txt, not agentctl's ({tdir / 'notes.txt'})\nnotes of attempt 1\n" in out
     assert f"== output.json, not a committed report: the WAL has none ({tdir / 'output.json'})" in out
     assert "committed report" not in out.replace("not a committed report", "")
+    assert "outside the state directory" not in out  # a link the agent left is not followed
 
 
 def _wait(pred: Any, what: str, timeout: float = 60) -> None:
