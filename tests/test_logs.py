@@ -319,18 +319,20 @@ def _wait(pred: object, what: str, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
+def one_job(proj: Path, script: str) -> None:
+    """p.yaml: one command task, ``job``, running ``sh -c script``, never retried."""
+    (proj / "p.yaml").write_text("name: one-job\ndefaults: {retries: 0}\ntasks:\n  job:\n"
+                                 f"    command: {json.dumps(['sh', '-c', script])}\n")
+
+
 def test_an_agents_own_files_are_shown_and_a_stray_output_json_is_not_taken_for_a_report(
         tmp_path: Path) -> None:
     """$AGENTCTL_OUTPUT's directory is the task's: what an agent leaves there is shown, as
     not agentctl's, and an output.json the WAL has no report for is not called committed."""
     proj = project(tmp_path)
-    (proj / "p.yaml").write_text("""\
-name: stray
-defaults: {retries: 0}
-tasks:
-  job:
-    command: [sh, -c, 'd=$(dirname "$AGENTCTL_OUTPUT"); echo "notes of attempt $AGENTCTL_ATTEMPT" > "$d/notes.txt"; echo "{\\"fake\\": 1}" > "$d/output.json"; ln -s "$AGENTCTL_WORKSPACE/elsewhere.txt" "$d/link.txt"; ln -s "$AGENTCTL_WORKSPACE/elsewhere.txt" "$d/attempt-1.link.txt"; exit 3']
-""")
+    one_job(proj, 'd=$(dirname "$AGENTCTL_OUTPUT"); echo "notes of attempt $AGENTCTL_ATTEMPT" > "$d/notes.txt"; '
+                  'echo "{\\"fake\\": 1}" > "$d/output.json"; ln -s "$AGENTCTL_WORKSPACE/elsewhere.txt" "$d/link.txt"; '
+                  'ln -s "$AGENTCTL_WORKSPACE/elsewhere.txt" "$d/attempt-1.link.txt"; exit 3')
     (proj / "elsewhere.txt").write_text("a file outside the state directory\n")
     state = tmp_path / "state"
     assert cli("run", "p.yaml", "--run-id", "s1", cwd=proj, state=state).returncode == 1
@@ -389,13 +391,8 @@ def test_a_secret_in_a_file_an_agent_left_is_masked_by_logs(tmp_path: Path) -> N
     agent wrote it, and `logs` masks it as it shows it."""
     key = "sk-proj-" + "0123456789abcdef" * 3
     proj = project(tmp_path)
-    (proj / "p.yaml").write_text("""\
-name: leak
-defaults: {retries: 0}
-tasks:
-  job:
-    command: [sh, -c, 'd=$(dirname "$AGENTCTL_OUTPUT"); echo "key=$OPENAI_API_KEY" > "$d/notes.txt"; echo "key=$OPENAI_API_KEY"']
-""")
+    one_job(proj, 'd=$(dirname "$AGENTCTL_OUTPUT"); echo "key=$OPENAI_API_KEY" > "$d/notes.txt"; '
+                  'echo "key=$OPENAI_API_KEY"')
     state = tmp_path / "state"
     env = {**os.environ, "AGENTCTL_STATE_DIR": str(state), "AGENTCTL_PLAIN": "1", "OPENAI_API_KEY": key}
 
