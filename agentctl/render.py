@@ -138,7 +138,7 @@ def _state_rows(state: RunState, beat_age: Any = None) -> dict[str, Any]:
     for t in state.tasks.values():
         age = None
         if beat_age is not None and t.status == "running" and t.group is None:
-            age = beat_age(t.id, t.attempts[-1].started_at if t.attempts else None)
+            age = beat_age(t.id, t.attempt_started_at)
         tasks.append({"id": t.id, "wave": t.wave, "status": t.status, "attempts": t.attempt,
                       "heartbeat_age_s": age, "started_at": t.started_at, "ended_at": t.ended_at,
                       "tokens": t.tokens, "cost_usd": t.cost_usd, "error": t.error,

@@ -397,8 +397,8 @@ def _lane(log: RunLog, tid: str, axis: Axis, t_end: float,
     parts.append("<h4>context packet</h4>" + _pre(_pretty_file(tdir / "input.json"),
                                                    "none: the task never started"))
     report: Any = t.report if t else None
+    last_files = run.attempt_files(tid, attempts[-1].n) if attempts else {}
     if report is None and attempts:
-        last_files = run.attempt_files(tid, attempts[-1].n)
         report_text = _pretty_file(last_files["report.json"]) if "report.json" in last_files else None
     else:
         report_text = _json_text(report) if report is not None else None
@@ -411,7 +411,6 @@ def _lane(log: RunLog, tid: str, axis: Axis, t_end: float,
             parts.append(f"<h4>last reply of the model (attempt {attempts[-1].n})</h4>"
                          + _pre(reply[:SHOW_CAP], ""))
     if attempts and (attempts[-1].ended or {}).get("outcome") not in (None, "complete"):
-        last_files = run.attempt_files(tid, attempts[-1].n)
         stderr = _read(last_files["stderr.log"], 4096, tail=True) if "stderr.log" in last_files else None
         if stderr:
             parts.append(f"<h4>stderr of attempt {attempts[-1].n} (end)</h4>" + _pre(stderr, ""))

@@ -87,6 +87,11 @@ class TaskState:
     def attempt(self) -> int:
         return len(self.attempts)
 
+    @property
+    def attempt_started_at(self) -> str | None:
+        """When the latest attempt started (what a missing heartbeat file counts from)."""
+        return self.attempts[-1].started_at if self.attempts else None
+
     def to_dict(self) -> dict[str, Any]:
         """For run.json: the paid responses (``calls``) stay in the WAL, where a resume
         reads them; here they would double the size of an llm run's snapshot. Their count

@@ -269,7 +269,8 @@ def render(log: RunLog, traces: list[Trace], status: str | None = None) -> str:
         elif not tr.skill:
             lines.append("  prompt   none (no skill: no prompt was rendered)")
         elif tr.attempts and tr.runner == "llm":
-            # exchange.json is written once a call is answered, or is still out after a beat
+            # an llm attempt with no exchange.json: it ended before its conversation began,
+            # or its driver stopped before the file's first write
             lines.append("  prompt   none on disk (exchange.json is written when the attempt "
                          "ends, before a further call, or once a call has been out 0.25 s; "
                          "this attempt left none)")

@@ -37,8 +37,7 @@ def live_status(run: store.RunDir, state: RunState) -> tuple[str, dict[str, Any]
 def task_rows(run: store.RunDir, state: RunState, run_alive: bool) -> list[dict[str, Any]]:
     rows = []
     for t in ordered(state):
-        hb = run.heartbeat_age(t.id, t.attempts[-1].started_at if t.attempts else None) \
-            if t.status == "running" else None
+        hb = run.heartbeat_age(t.id, t.attempt_started_at) if t.status == "running" else None
         status = t.status
         if status == "running" and t.group is None and (not run_alive or (
                 t.heartbeat and hb is not None and hb > 3 * t.heartbeat)):
