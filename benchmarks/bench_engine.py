@@ -36,7 +36,11 @@ llm tasks (issue 4, item 9; ``bench_llm`` at the end, skip with ``--no-llm``, on
 whole engine and llm runner, against a plain asyncio loop in this process of the very litellm
 calls that run made; once per ``--llm-latency`` of the offline model. Goal: under 1.3x. And a
 whole run of one task with and without llm tasks: what importing litellm adds to a run's
-start; and what the disk charges at the moment for the files an llm attempt makes.
+start; and what the disk charges at the moment for the files an llm attempt makes. For the
+instant model, two more runs per round split the ratio in two (``stand_in_model.py``): the
+engine with litellm's call answered at once by a stand-in (the engine's own cost per llm
+task, with litellm out of the way), and with a stand-in that burns the round's floor CPU per
+call instead (the ratio against a model client exactly as costly as litellm, but not it).
 """
 
 from __future__ import annotations
@@ -132,14 +136,15 @@ def agentctl_env(stats_file: Path | None = None) -> dict[str, str]:
 
 
 def run_engine(pipeline: Path, work: Path, tag: str,
-               span: tuple[str, str] = ("attempt_started", "run_ended")) -> Sample:
+               span: tuple[str, str] = ("attempt_started", "run_ended"),
+               driver: list[str] | None = None) -> Sample:
     """One run of the engine as a user starts it; ``span``: the WAL record types whose stamps
     give the run's own clock (by default its first attempt logged to its end logged, i.e. the
     engine at work, without the interpreter's start, imports, the parse of the pipeline file,
-    or making the run directory)."""
+    or making the run directory). ``driver``: what to start instead of ``python -m agentctl``."""
     state = work / f"state-{tag}"
     stats = work / f"stats-{tag}.json"
-    argv = [PY, "-m", "agentctl", "run", str(pipeline), "--state-dir", str(state)]
+    argv = [*(driver or [PY, "-m", "agentctl"]), "run", str(pipeline), "--state-dir", str(state)]
     s = run_child(argv, agentctl_env(stats), work / f"stderr-{tag}.txt")
     if s.rc != 0:
         tail = (work / f"stderr-{tag}.txt").read_text(errors="replace")[-2000:]
@@ -481,11 +486,12 @@ def write_llm_pipeline(path: Path, name: str, n_tasks: int, n_waves: int, concur
     path.write_text("\n".join(lines) + "\n")
 
 
-def run_llm_engine(pipeline: Path, work: Path, tag: str) -> tuple[Sample, list[dict[str, object]]]:
+def run_llm_engine(pipeline: Path, work: Path, tag: str,
+                   driver: list[str] | None = None) -> tuple[Sample, list[dict[str, object]]]:
     """One engine run, and the litellm requests its runner made (from exchange.json). Its
     own clock: from its first response logged to its last attempt ended, i.e. the tasks'
     work without the interpreter's start and litellm's import."""
-    s = run_engine(pipeline, work, tag, span=("llm_call", "attempt_ended"))
+    s = run_engine(pipeline, work, tag, span=("llm_call", "attempt_ended"), driver=driver)
     state = work / f"state-{tag}"
     requests: list[dict[str, object]] = []
     for path in sorted(state.glob("runs/*/tasks/*/attempt-*.exchange.json")):
@@ -620,6 +626,12 @@ def bench_llm(n: int, waves: int, concurrency: int, k: int, latencies: list[str]
     runs: dict[str, list[Sample]] = {lat: [] for lat in latencies}
     floors: dict[str, list[tuple[float, float]]] = {lat: [] for lat in latencies}
     alone: dict[str, list[tuple[float, float]]] = {lat: [] for lat in latencies}
+    # The engine with a stand-in for litellm's call (benchmarks/stand_in_model.py), for the
+    # instant model only: answered at once, and burning this round's floor CPU per call.
+    instant = next((lat for lat in latencies if lat in ("", "0", "0ms")), None)
+    stand_in = [PY, str(Path(__file__).resolve().parent / "stand_in_model.py")]
+    at_once: list[Sample] = []
+    burning: list[tuple[Sample, float]] = []  # (run, CPU burnt per call, seconds)
     files: list[float] = []
     for i in range(k):  # interleaved, so drift on the machine hits all alike
         files.append(floor_attempt_files(n, work, str(i)))
@@ -633,6 +645,11 @@ def bench_llm(n: int, waves: int, concurrency: int, k: int, latencies: list[str]
             floors[lat].append(floor_litellm(requests, concurrency))
             if waves == 1:
                 alone[lat].append(runner_alone(big[lat], concurrency, work, f"{lat}-{i}"))
+            if lat == instant:
+                at_once.append(run_llm_engine(big[lat], work, f"stand-in-{i}", stand_in)[0])
+                burn = floors[lat][-1][1] / n  # this round's floor: CPU per call
+                burning.append((run_llm_engine(big[lat], work, f"stand-in-burn-{i}",
+                                               [*stand_in, "--burn-ms", f"{burn * 1e3:.4f}"])[0], burn))
 
     one_wall = med([s.wall for s in start_llm])
     one_cpu = med([s.cpu for s in start_llm])
@@ -673,6 +690,13 @@ def bench_llm(n: int, waves: int, concurrency: int, k: int, latencies: list[str]
             print(f"    the llm runner alone, in this process (no engine)  {spread(aw)} s "
                   f"(CPU {spread(ac)} s) = {med(aw) / med(fw):.2f}x the floor's wall, "
                   f"{med(ac) / med(fc):.2f}x its CPU")
+        if lat == instant and at_once:
+            spans_0 = [float(s.stats.get("span_s", 0.0)) for s in at_once]
+            print(f"    the engine alone: litellm's call answered at once by a stand-in  "
+                  f"{spread(spans_0)} s in the run = {med(spans_0) / n * 1e3:.3f} ms/task")
+            burnt = [float(s.stats.get("span_s", 0.0)) / (b * n) for s, b in burning]
+            print(f"    a stand-in that burns the floor's CPU per call ({med([b for _, b in burning]) * 1e3:.3f} ms), "
+                  f"no litellm: in the run / (tasks x that)  {spread(burnt, fmt='.2f')}x")
         fsyncs = [s.stats.get("wal_fsyncs") for s in runs[lat]]
         if all(isinstance(f, int) for f in fsyncs):
             print(f"    WAL fsyncs (batches) per task               {med(fsyncs) / n:.3f}")
