@@ -694,9 +694,10 @@ def bench_llm(n: int, waves: int, concurrency: int, k: int, latencies: list[str]
             spans_0 = [float(s.stats.get("span_s", 0.0)) for s in at_once]
             print(f"    the engine alone: litellm's call answered at once by a stand-in  "
                   f"{spread(spans_0)} s in the run = {med(spans_0) / n * 1e3:.3f} ms/task")
-            burnt = [float(s.stats.get("span_s", 0.0)) / (b * n) for s, b in burning]
+            # The span starts at the first response logged: (tasks - 1) calls, as for the floor.
+            burnt = [float(s.stats.get("span_s", 0.0)) / (b * (n - 1)) for s, b in burning]
             print(f"    a stand-in that burns the floor's CPU per call ({med([b for _, b in burning]) * 1e3:.3f} ms), "
-                  f"no litellm: in the run / (tasks x that)  {spread(burnt, fmt='.2f')}x")
+                  f"no litellm: in the run / ((tasks-1) x that)  {spread(burnt, fmt='.2f')}x")
         fsyncs = [s.stats.get("wal_fsyncs") for s in runs[lat]]
         if all(isinstance(f, int) for f in fsyncs):
             print(f"    WAL fsyncs (batches) per task               {med(fsyncs) / n:.3f}")

@@ -27,7 +27,7 @@ def test_bench_llm_part_runs_and_prints_every_figure(tmp_path: Path) -> None:
     alone = re.search(rf"the engine alone: litellm's call answered at once by a stand-in\s+{num}"
                       rf".* = {num} ms/task", out)
     burnt = re.search(rf"a stand-in that burns the floor's CPU per call \({num} ms\), no litellm: "
-                      rf"in the run / \(tasks x that\)\s+{num}", out)
+                      rf"in the run / \(\(tasks-1\) x that\)\s+{num}", out)
     ratio = re.search(rf"in-run span / floor x \(tasks-1\)/tasks\s+{num}x", out)
     assert floor and alone and burnt and ratio, out
     # Figures, not placeholders: each is a measured, positive amount.
