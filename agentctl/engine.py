@@ -183,16 +183,18 @@ def _drive(run: store.RunDir, journal: store.Journal, defn: Definition, state: R
 
 def _write_stats(journal: store.Journal) -> None:
     """``AGENTCTL_STATS_FILE=PATH``: when the run ends, write the driver's counters there as
-    JSON (WAL fsyncs, i.e. group-commit batches; records; peak RSS in KiB). For
+    JSON (WAL fsyncs, i.e. group-commit batches; records; the driver's own peak RSS in KiB and
+    CPU seconds, without its children's, such as the model host's). For
     ``benchmarks/bench_engine.py``; not part of the run's state."""
     path = os.environ.get("AGENTCTL_STATS_FILE")
     if path:
         import json
         import resource
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        me = resource.getrusage(resource.RUSAGE_SELF)
         Path(path).write_text(json.dumps({"wal_fsyncs": journal.fsyncs, "wal_records": journal.seq,
-                                          "peak_rss_kb": peak}) + "\n")
+                                          "peak_rss_kb": me.ru_maxrss,
+                                          "cpu_self_s": me.ru_utime + me.ru_stime}) + "\n")
 
 
 def resume(state_dir: store.StateDir, run_id: str | None, *, registry: Registry,

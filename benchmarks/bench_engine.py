@@ -36,11 +36,11 @@ llm tasks (issue 4, item 9; ``bench_llm`` at the end, skip with ``--no-llm``, on
 whole engine and llm runner, against a plain asyncio loop in this process of the very litellm
 calls that run made; once per ``--llm-latency`` of the offline model. Goal: under 1.3x. And a
 whole run of one task with and without llm tasks: what importing litellm adds to a run's
-start; and what the disk charges at the moment for the files an llm attempt makes. For the
-instant model, two more runs per round split the ratio in two (``stand_in_model.py``): the
-engine with litellm's call answered at once by a stand-in (the engine's own cost per llm
-task, with litellm out of the way), and with a stand-in that burns the round's floor CPU per
-call instead (the ratio against a model client exactly as costly as litellm, but not it).
+start; and what the disk charges at the moment for the files an llm attempt makes. litellm
+runs in the model host process (``agentctl/runners/modelhost.py``), so the driver's own CPU
+is the engine's cost per llm task and the host's is litellm's; for the instant model one more
+run per round has litellm in the driver (``AGENTCTL_MODEL_HOST=0``), as before the host, for
+the comparison in the same round.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class Sample:
     rss_kb: int
     rc: int
     cpu: float = 0.0  # user + system seconds of the child and the children it reaped
-    stats: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 def run_child(argv: list[str], env: dict[str, str], stderr_path: Path) -> Sample:
@@ -137,15 +137,15 @@ def agentctl_env(stats_file: Path | None = None) -> dict[str, str]:
 
 def run_engine(pipeline: Path, work: Path, tag: str,
                span: tuple[str, str] = ("attempt_started", "run_ended"),
-               driver: list[str] | None = None) -> Sample:
+               env: dict[str, str] | None = None) -> Sample:
     """One run of the engine as a user starts it; ``span``: the WAL record types whose stamps
     give the run's own clock (by default its first attempt logged to its end logged, i.e. the
     engine at work, without the interpreter's start, imports, the parse of the pipeline file,
-    or making the run directory). ``driver``: what to start instead of ``python -m agentctl``."""
+    or making the run directory). ``env``: more environment for the driver."""
     state = work / f"state-{tag}"
     stats = work / f"stats-{tag}.json"
-    argv = [*(driver or [PY, "-m", "agentctl"]), "run", str(pipeline), "--state-dir", str(state)]
-    s = run_child(argv, agentctl_env(stats), work / f"stderr-{tag}.txt")
+    argv = [PY, "-m", "agentctl", "run", str(pipeline), "--state-dir", str(state)]
+    s = run_child(argv, {**agentctl_env(stats), **(env or {})}, work / f"stderr-{tag}.txt")
     if s.rc != 0:
         tail = (work / f"stderr-{tag}.txt").read_text(errors="replace")[-2000:]
         raise SystemExit(f"bench: `{shlex.join(argv)}` exited {s.rc}:\n{tail}")
@@ -487,11 +487,11 @@ def write_llm_pipeline(path: Path, name: str, n_tasks: int, n_waves: int, concur
 
 
 def run_llm_engine(pipeline: Path, work: Path, tag: str,
-                   driver: list[str] | None = None) -> tuple[Sample, list[dict[str, object]]]:
+                   env: dict[str, str] | None = None) -> tuple[Sample, list[dict[str, object]]]:
     """One engine run, and the litellm requests its runner made (from exchange.json). Its
     own clock: from its first response logged to its last attempt ended, i.e. the tasks'
     work without the interpreter's start and litellm's import."""
-    s = run_engine(pipeline, work, tag, span=("llm_call", "attempt_ended"), driver=driver)
+    s = run_engine(pipeline, work, tag, span=("llm_call", "attempt_ended"), env=env)
     state = work / f"state-{tag}"
     requests: list[dict[str, object]] = []
     for path in sorted(state.glob("runs/*/tasks/*/attempt-*.exchange.json")):
@@ -508,9 +508,9 @@ def floor_litellm(requests: list[dict[str, object]], concurrency: int) -> tuple[
     ~20% slower (1,000 calls: 1.80-2.01 s against 1.50-1.71 s, 9 of each in 3 processes) and
     the floor depend on whether anything in this process had registered it yet."""
     from agentctl import offline
-    from agentctl.runners import llm
+    from agentctl.runners import litellm_client
 
-    litellm = llm.load()
+    litellm = litellm_client.load()
     for model in {str(r["model"]) for r in requests}:
         if model.startswith(offline.PROVIDER + "/"):
             offline.price(litellm, model)
@@ -526,7 +526,7 @@ def floor_litellm(requests: list[dict[str, object]], concurrency: int) -> tuple[
         try:
             await asyncio.gather(*(one(r) for r in requests))
         finally:
-            await llm.aclose()
+            await litellm_client.aclose()
 
     t0, c0 = time.perf_counter(), time.process_time()
     asyncio.run(loop())
@@ -536,11 +536,13 @@ def floor_litellm(requests: list[dict[str, object]], concurrency: int) -> tuple[
 def runner_alone(pipeline: Path, concurrency: int, work: Path, tag: str) -> tuple[float, float]:
     """The llm runner without the engine: ``LLMRunner.run`` on one attempt per task of
     ``pipeline`` (independent tasks), in this process, at ``concurrency``; calls are "logged"
-    to a list. What the runner itself adds to the floor. (wall, CPU) seconds."""
+    to a list. What the runner itself adds to the floor. (wall, CPU of this process: the
+    model host's is not in it) seconds."""
     from agentctl import prompts
     from agentctl.definitions import load_pipeline
     from agentctl.runners import llm
     from agentctl.runners.base import Attempt
+    from agentctl.runners.modelhost import HostClient
 
     defn = load_pipeline(pipeline)
     logged: list[dict[str, object]] = []
@@ -563,6 +565,10 @@ def runner_alone(pipeline: Path, concurrency: int, work: Path, tag: str) -> tupl
             prompt_path=None, heartbeat_path=tdir / "beat", packet=pkt,
             prompt=prompts.rendered_prompt(pkt, skill) if skill else None, argv=None, env={},
             beat=lambda: None, record_call=record))
+
+    models = llm.client()
+    if isinstance(models, HostClient):  # its litellm import is not the runner's work
+        asyncio.run(models.status())
 
     async def loop() -> None:
         runner, sem = llm.LLMRunner(), asyncio.Semaphore(concurrency)
@@ -605,10 +611,10 @@ def floor_attempt_files(n: int, work: Path, tag: str) -> float:
 
 def bench_llm(n: int, waves: int, concurrency: int, k: int, latencies: list[str], work: Path) -> None:
     """Print the llm runner's figures (called at the end of ``_bench``)."""
-    from agentctl.runners import llm
+    from agentctl.runners import litellm_client
 
     t0 = time.perf_counter()
-    llm.load()
+    litellm_client.load()
     import_s = time.perf_counter() - t0
     noop_one = work / "noop-one.yaml"
     write_pipeline(noop_one, "bench-noop-one", 1, 1, 1, "runner: noop")
@@ -626,12 +632,9 @@ def bench_llm(n: int, waves: int, concurrency: int, k: int, latencies: list[str]
     runs: dict[str, list[Sample]] = {lat: [] for lat in latencies}
     floors: dict[str, list[tuple[float, float]]] = {lat: [] for lat in latencies}
     alone: dict[str, list[tuple[float, float]]] = {lat: [] for lat in latencies}
-    # The engine with a stand-in for litellm's call (benchmarks/stand_in_model.py), for the
-    # instant model only: answered at once, and burning this round's floor CPU per call.
+    # For the instant model: the same run with litellm in the driver (no model host).
     instant = next((lat for lat in latencies if lat in ("", "0", "0ms")), None)
-    stand_in = [PY, str(Path(__file__).resolve().parent / "stand_in_model.py")]
-    at_once: list[Sample] = []
-    burning: list[tuple[Sample, float]] = []  # (run, CPU burnt per call, seconds)
+    inline: list[Sample] = []
     files: list[float] = []
     for i in range(k):  # interleaved, so drift on the machine hits all alike
         files.append(floor_attempt_files(n, work, str(i)))
@@ -646,13 +649,12 @@ def bench_llm(n: int, waves: int, concurrency: int, k: int, latencies: list[str]
             if waves == 1:
                 alone[lat].append(runner_alone(big[lat], concurrency, work, f"{lat}-{i}"))
             if lat == instant:
-                at_once.append(run_llm_engine(big[lat], work, f"stand-in-{i}", stand_in)[0])
-                burn = floors[lat][-1][1] / n  # this round's floor: CPU per call
-                burning.append((run_llm_engine(big[lat], work, f"stand-in-burn-{i}",
-                                               [*stand_in, "--burn-ms", f"{burn * 1e3:.4f}"])[0], burn))
+                inline.append(run_llm_engine(big[lat], work, f"llm-inline-{i}",
+                                             {"AGENTCTL_MODEL_HOST": "0"})[0])
 
     one_wall = med([s.wall for s in start_llm])
     one_cpu = med([s.cpu for s in start_llm])
+    one_self = med([self_cpu(s) for s in start_llm])
     noop_wall = med([s.wall for s in start_noop])
     scale = (n - 1) / n  # the 1-task run's task is not in (run - 1-task run)
     print()
@@ -663,7 +665,7 @@ def bench_llm(n: int, waves: int, concurrency: int, k: int, latencies: list[str]
     print(f"  import litellm (in this process, once)          {import_s:.3f} s")
     print(f"  a whole run of 1 noop task (never imports it)   {spread([s.wall for s in start_noop])} s")
     print(f"  a whole run of 1 llm task (imports it)          {spread([s.wall for s in start_llm])} s "
-          f"(CPU {spread([s.cpu for s in start_llm])} s)")
+          f"(CPU, driver and model host {spread([s.cpu for s in start_llm])} s)")
     print(f"  this disk now: an llm attempt's files alone (1 directory, 3 small files), x{n}  "
           f"{spread(files)} s = {med(files) / n * 1e3:.3f} ms/task")
     ratios = []
@@ -671,33 +673,36 @@ def bench_llm(n: int, waves: int, concurrency: int, k: int, latencies: list[str]
         spans = [float(s.stats.get("span_s", 0.0)) for s in runs[lat]]
         walls = [s.wall for s in runs[lat]]
         cpus = [s.cpu for s in runs[lat]]
+        selfs = [self_cpu(s) for s in runs[lat]]
         fw = [f[0] for f in floors[lat]]
         fc = [f[1] for f in floors[lat]]
         wall_ratio = (med(walls) - one_wall) / (med(fw) * scale)
         cpu_ratio = (med(cpus) - one_cpu) / (med(fc) * scale)
         span_ratio = med(spans) / (med(fw) * scale)
         ratios.append((model, span_ratio, wall_ratio, cpu_ratio))
+        rss = [float(s.stats.get("peak_rss_kb", s.rss_kb)) for s in runs[lat]]
         print(f"  {model}")
         print(f"    engine run, {n} tasks                      {spread(walls)} s "
-              f"(driver CPU {spread(cpus)} s, peak RSS {med([s.rss_kb for s in runs[lat]]) / 1024:.0f} MB)")
+              f"(CPU {spread(cpus)} s, driver's peak RSS {med(rss) / 1024:.0f} MB)")
         print(f"    in the run: first response logged -> last attempt ended  {spread(spans)} s")
         print(f"    floor: the same {n} acompletion calls        {spread(fw)} s "
               f"(CPU {spread(fc)} s) = {med(fw) / n * 1e3:.3f} ms/call")
         print(f"    per task, (run - 1-task run)/(tasks - 1)    {(med(walls) - one_wall) / (n - 1) * 1e3:.3f} ms "
               f"(floor {med(fw) / n * 1e3:.3f} ms)")
+        # The driver's CPU is the engine's work (litellm is in the host); the rest is the host's.
+        driver_ms = (med(selfs) - one_self) / (n - 1) * 1e3
+        host_ms = ((med(cpus) - med(selfs)) - (one_cpu - one_self)) / (n - 1) * 1e3
+        print(f"    CPU per task: the driver (the engine)       {driver_ms:.3f} ms; "
+              f"the model host (litellm) {host_ms:.3f} ms (floor {med(fc) / n * 1e3:.3f} ms)")
         if alone[lat]:
             aw, ac = [a[0] for a in alone[lat]], [a[1] for a in alone[lat]]
             print(f"    the llm runner alone, in this process (no engine)  {spread(aw)} s "
-                  f"(CPU {spread(ac)} s) = {med(aw) / med(fw):.2f}x the floor's wall, "
-                  f"{med(ac) / med(fc):.2f}x its CPU")
-        if lat == instant and at_once:
-            spans_0 = [float(s.stats.get("span_s", 0.0)) for s in at_once]
-            print(f"    the engine alone: litellm's call answered at once by a stand-in  "
-                  f"{spread(spans_0)} s in the run = {med(spans_0) / n * 1e3:.3f} ms/task")
-            # The span starts at the first response logged: (tasks - 1) calls, as for the floor.
-            burnt = [float(s.stats.get("span_s", 0.0)) / (b * (n - 1)) for s, b in burning]
-            print(f"    a stand-in that burns the floor's CPU per call ({med([b for _, b in burning]) * 1e3:.3f} ms), "
-                  f"no litellm: in the run / ((tasks-1) x that)  {spread(burnt, fmt='.2f')}x")
+                  f"(CPU {spread(ac)} s) = {med(aw) / med(fw):.2f}x the floor's wall")
+        if lat == instant and inline:
+            spans_i = [float(s.stats.get("span_s", 0.0)) for s in inline]
+            print(f"    litellm in the driver (AGENTCTL_MODEL_HOST=0), in the run  {spread(spans_i)} s "
+                  f"= {med(spans_i) / (med(fw) * scale):.2f}x the floor "
+                  f"(CPU {spread([s.cpu for s in inline])} s)")
         fsyncs = [s.stats.get("wal_fsyncs") for s in runs[lat]]
         if all(isinstance(f, int) for f in fsyncs):
             print(f"    WAL fsyncs (batches) per task               {med(fsyncs) / n:.3f}")
@@ -707,9 +712,15 @@ def bench_llm(n: int, waves: int, concurrency: int, k: int, latencies: list[str]
         print(f"  {model}: run / floor   (goal < 1.3x)")
         print(f"    in-run span / floor x (tasks-1)/tasks                {span_ratio:.2f}x")
         print(f"    (wall - 1-task run) / floor x (tasks-1)/tasks        {wall_ratio:.2f}x")
-        print(f"    (driver CPU - 1-task run's) / floor's CPU, same      {cpu_ratio:.2f}x")
+        print(f"    (CPU, driver + host - 1-task run's) / floor's CPU    {cpu_ratio:.2f}x")
     print(f"  startup, a whole run of 1 task: {one_wall:.3f} s with llm tasks, {noop_wall:.3f} s "
-          f"without (+{one_wall - noop_wall:.3f} s: litellm's import, begun in a thread at preflight)")
+          f"without (+{one_wall - noop_wall:.3f} s: litellm's import, in the model host, begun "
+          "at preflight)")
+
+
+def self_cpu(s: Sample) -> float:
+    """The driver's own CPU seconds (its stats file), without its children's (the host's)."""
+    return float(s.stats.get("cpu_self_s", s.cpu))
 
 
 if __name__ == "__main__":

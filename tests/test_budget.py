@@ -16,7 +16,7 @@ import pytest
 from fakeopenai import FakeOpenAI, Reply
 from llmkit import LLMProject
 
-from agentctl.runners import llm
+from agentctl.runners import litellm_client
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def server() -> Iterator[FakeOpenAI]:
 
 def test_a_usd_budget_stops_a_wave_midway_and_resume_continues(proj: LLMProject,
                                                               server: FakeOpenAI) -> None:
-    price = llm.load().model_cost["gpt-4o-mini"]["input_cost_per_token"]
+    price = litellm_client.load().model_cost["gpt-4o-mini"]["input_cost_per_token"]
     per_call = 10_000 * price
     server.script("gpt-4o-mini", *[Reply(usage=(10_000, 0))] * 12)
     tasks = {f"t{i}": {} for i in range(6)}  # one wave of six

@@ -21,7 +21,7 @@ from harness import Driver, Project, check_run_files, wait_for
 from llmkit import LLMProject
 
 from agentctl import engine, store
-from agentctl.runners import llm
+from agentctl.runners import litellm_client
 from agentctl.runners.base import Registry
 
 KEY = "sk-test-http-0123456789abcdefghij"
@@ -118,7 +118,7 @@ def test_tokens_and_cost_in_status(proj: LLMProject, server: FakeOpenAI) -> None
     p = proj.pipeline({"a": {"model": model(server)}, "b": {"model": model(server), "needs": "a"}})
     r, rid = proj.run(p)
     assert r.code == 0, r.stderr
-    price = llm.load().model_cost["gpt-4o-mini"]
+    price = litellm_client.load().model_cost["gpt-4o-mini"]
     cost_a = 1000 * price["input_cost_per_token"] + 200 * price["output_cost_per_token"]
     cost_b = 3000 * price["input_cost_per_token"] + 400 * price["output_cost_per_token"]
     rows = proj.rows(rid)

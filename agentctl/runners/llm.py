@@ -1,11 +1,11 @@
 """The ``llm`` runner: one attempt of an llm task is a conversation with a model, through litellm.
 
-This is the only module that imports litellm, and only once an llm task is about to run (or
-``preflight`` sees one). Before the import it sets ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (no
-price map from the internet), ``LITELLM_MODE=PRODUCTION`` (no ``.env`` from parent folders) and
-``HF_HUB_OFFLINE=1`` (no 23 s of retries to huggingface.co when counting tokens), unless the
-user set them; after it, litellm's banner is turned off and the ``offline/...`` provider
-(``agentctl.offline``) is registered.
+The conversation is held here, in the driver; each model call is made by a model client
+(``client()``): by default the model host process (``agentctl.runners.modelhost``), where
+litellm is imported and runs on a core of its own, or with ``AGENTCTL_MODEL_HOST=0`` litellm in
+this process (``agentctl.runners.litellm_client``, the only module that imports litellm). This
+module never imports litellm: a run with no llm task never loads it, and ``preflight`` starts
+the host (and with it litellm's import) as soon as it sees an llm task.
 
 One attempt, in order:
 
@@ -24,7 +24,7 @@ One attempt, in order:
 5. The reply must be a valid report. One that is not goes back to the model with the
    problems, at most ``max_repairs`` times; then the task fails as ``invalid_output``, not
    retried (the model has had its chances, and a new attempt would replay the same replies).
-6. Everything sent and received is kept in the attempt's directory, secrets masked, in one
+6. Everything sent and received is kept in the task's directory, secrets masked, in one
    file: ``exchange.json``, the conversation (``messages``) and an entry per request in
    ``calls`` (failed tries and reused responses too: the response or error, tokens, cost,
    the backoff that followed, and the request itself as ``sent_messages`` -- it sent the
@@ -55,17 +55,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hashlib
 import json
 import os
 import random
 import re
-import threading
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
 from agentctl import offline, prompts, redact
@@ -77,80 +75,54 @@ from agentctl.store import write_atomic
 
 T = TypeVar("T")
 
-LITELLM_ENV = {
-    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-    "LITELLM_MODE": "PRODUCTION",
-    "HF_HUB_OFFLINE": "1",
-}
 PAUSE_ENV = "AGENTCTL_TEST_PAUSE_AFTER_CALL"
+HOST_ENV = "AGENTCTL_MODEL_HOST"  # "0": litellm in the driver, not in a host process
 BACKOFF_CAP_S = 30.0
 BEAT_EVERY_S = 0.25  # while waiting on a model: well inside any sane heartbeat interval
 GENERIC_SYSTEM = ("You are one agent in a pipeline. Do the task described by your inputs, "
                   "and answer with the report asked for.")
+JSON_MODE = {"type": "json_object"}
 
-# --------------------------------------------------------------------------- loading litellm
-
-_lock = threading.Lock()
-_litellm: Any = None
+# --------------------------------------------------------------------------- the model client
 
 
-def _set_env() -> None:
-    for key, value in LITELLM_ENV.items():
-        os.environ.setdefault(key, value)
+class ModelClient(Protocol):
+    """Where model calls are made: the model host process, or litellm in this process. What
+    crosses is plain JSON (see ``agentctl.runners.litellm_client``)."""
+
+    def start(self) -> None: ...
+    def is_ready(self) -> bool: ...
+    async def ready(self) -> None: ...
+    async def call(self, kwargs: dict[str, Any]) -> dict[str, Any]: ...
+    async def info(self, model: str, api_base: str | None) -> dict[str, Any]: ...
+    def info_sync(self, model: str, api_base: str | None) -> dict[str, Any]: ...
+    async def aclose(self) -> None: ...
 
 
-def load() -> Any:
-    """litellm, imported and set up once per process (thread-safe)."""
-    global _litellm
-    with _lock:
-        if _litellm is None:
-            _set_env()
-            # litellm's ~300,000 objects live as long as the process. No collection while
-            # they are made (each would walk them all: several, during the import alone),
-            # and then out of the collector's sight (7 full collections took 0.5 s of a
-            # 1,000-task offline run). The driver unfreezes when its run ends (engine._drive).
-            collecting = gc.isenabled()
-            gc.disable()
-            try:
-                import litellm
-
-                litellm.suppress_debug_info = True
-                offline.register(litellm)
-            finally:
-                gc.freeze()
-                if collecting:
-                    gc.enable()
-            _litellm = litellm
-    return _litellm
+_client: ModelClient | None = None
 
 
-def start_import() -> None:
-    """Import litellm in a background thread, so its seconds overlap the run's start."""
-    if _litellm is not None:
-        return
-    _set_env()  # before the thread starts: os.environ is not for threads to race on
-    # Not a daemon: a run that ends before the import does (its llm tasks all skipped) waits
-    # for it at exit, rather than leave a thread mid-import to interpreter shutdown.
-    threading.Thread(target=load, name="agentctl-import-litellm", daemon=False).start()
+def client() -> ModelClient:
+    """This process's model client (made at first use; ``AGENTCTL_MODEL_HOST`` decides which)."""
+    global _client
+    if _client is None:
+        made: ModelClient
+        if os.environ.get(HOST_ENV, "1").strip().lower() in ("0", "off", "no", "false"):
+            from agentctl.runners.litellm_client import LitellmClient
+
+            made = LitellmClient()
+        else:
+            from agentctl.runners.modelhost import HostClient
+
+            made = HostClient()
+        _client = made
+    return _client
 
 
 async def aclose() -> None:
-    """Release what litellm keeps bound to the running event loop: its HTTP clients (else
-    their sockets are reported unclosed when the loop is gone) and its logging worker (else
-    its queued coroutines are carried over to the next loop, or never awaited)."""
-    if _litellm is None:
-        return
-    from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
-    from litellm.llms.custom_httpx.async_client_cleanup import (
-        close_litellm_async_clients,
-    )
-
-    await asyncio.sleep(0)  # let finished calls enqueue their logging coroutines
-    with contextlib.suppress(Exception):  # best effort: litellm's logging is not ours
-        await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), timeout=5)
-    await GLOBAL_LOGGING_WORKER.stop()
-    await close_litellm_async_clients()  # type: ignore[no-untyped-call]
-    _litellm.in_memory_llm_clients_cache.flush_cache()
+    """At the end of a run, while its event loop still runs: the client lets go of it."""
+    if _client is not None:
+        await _client.aclose()
 
 
 # --------------------------------------------------------------------------- model strings
@@ -235,47 +207,14 @@ def request_hash(request: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-_formats: dict[str, dict[str, Any] | None] = {}
-
-
-def _response_format(litellm: Any, spec: ModelSpec) -> dict[str, Any] | None:
-    """JSON mode where litellm says the model supports ``response_format``. Only the plain
-    ``json_object`` kind: a schema would make some providers go through tool calls."""
-    if spec.model not in _formats:
-        fmt: dict[str, Any] | None = None
-        if spec.offline:
-            fmt = {"type": "json_object"}
-        else:
-            try:
-                _, provider, _, _ = litellm.get_llm_provider(spec.model)
-                params = litellm.get_supported_openai_params(model=spec.model,
-                                                             custom_llm_provider=provider)
-                if params and "response_format" in params:
-                    fmt = {"type": "json_object"}
-            except Exception:  # an unknown model: ask in the prompt only
-                fmt = None
-        _formats[spec.model] = fmt
-    return _formats[spec.model]
-
-
-async def _loading(attempt: Attempt) -> Any:
-    """Wait for litellm's import (seconds, the first time), beating meanwhile: a slow import
-    is not a hung agent."""
-    task = asyncio.ensure_future(asyncio.to_thread(load))
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=0.25)
-        attempt.beat()
-        if done:
-            return task.result()
-
-
 # --------------------------------------------------------------------------- preflight
 
 
 def preflight(defn: Any, model_override: str | None = None) -> None:
     """Before a run starts: every llm task has a model agentctl understands, and the keys
-    its models need are set; all the problems at once. Starts litellm's import when the run
-    has llm tasks, and never imports it when it has none."""
+    its models need are set; all the problems at once. Starts the model client (the host
+    process, which imports litellm at once) when the run has llm tasks, and never when it
+    has none."""
     problems: dict[str, list[str]] = {}  # task -> its problems, in task order
     chains: dict[str, list[ModelSpec]] = {}
     for task_id, role, step in defn.steps():  # loops' makers and checkers too
@@ -297,9 +236,10 @@ def preflight(defn: Any, model_override: str | None = None) -> None:
     if not problems:
         return
     online = {s.raw: s for specs in chains.values() for s in specs if not s.offline}
-    if online:  # only litellm knows which keys a model needs: wait for the import here
-        litellm = load()
-        env = {raw: _environment_problem(litellm, spec) for raw, spec in online.items()}
+    if online:  # only litellm knows which keys a model needs: ask it (it is imported now)
+        models = client()
+        env = {raw: models.info_sync(spec.model, spec.api_base)["problem"]
+               for raw, spec in online.items()}
         for tid, specs in chains.items():
             problems[tid] += [p for p in (env.get(s.raw) for s in specs) if p]
     where = str(defn.path)
@@ -307,21 +247,7 @@ def preflight(defn: Any, model_override: str | None = None) -> None:
              for tid, ps in problems.items() for p in ps]
     if diags:
         raise DefinitionError(diags)
-    start_import()  # only now: a refused run exits at once, without waiting for an import
-
-
-def _environment_problem(litellm: Any, spec: ModelSpec) -> str | None:
-    try:
-        litellm.get_llm_provider(spec.model)
-    except Exception:
-        return (f"model '{spec.model}': litellm cannot tell its provider; write it as "
-                "provider/model (e.g. openai/gpt-4o-mini, anthropic/claude-3-5-haiku-latest)")
-    env = litellm.validate_environment(spec.model, api_base=spec.api_base)
-    missing = [k for k in env.get("missing_keys") or [] if not os.environ.get(k)]
-    if env.get("keys_in_environment") or not missing:
-        return None
-    names = " or ".join(missing)
-    return f"model '{spec.model}' needs {names}, which is not set in the environment"
+    client().start()  # only now: a refused run exits at once, without waiting for an import
 
 
 # --------------------------------------------------------------------------- the runner
@@ -331,8 +257,10 @@ class LLMRunner:
     max_repairs = 2
 
     async def run(self, attempt: Attempt) -> Outcome:
-        litellm = _litellm if _litellm is not None else await _loading(attempt)
-        conv = _Conversation(attempt, litellm, self.max_repairs)
+        models = client()
+        if not models.is_ready():
+            await _ready(models, attempt)
+        conv = _Conversation(attempt, models, self.max_repairs)
         try:
             report = await conv.run()
         except RunnerError as e:
@@ -351,6 +279,20 @@ class LLMRunner:
         await aclose()
 
 
+async def _ready(models: ModelClient, attempt: Attempt) -> None:
+    """Wait for litellm's import (seconds, the first time), beating meanwhile: a slow import
+    is not a hung agent, and not a slow model either (no call is out yet)."""
+    task = asyncio.ensure_future(models.ready())
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=BEAT_EVERY_S)
+            attempt.beat()
+            if done:
+                return task.result()
+    finally:
+        task.cancel()
+
+
 @dataclass
 class _Failure:
     kind: str
@@ -360,9 +302,9 @@ class _Failure:
 
 
 class _Conversation:
-    def __init__(self, attempt: Attempt, litellm: Any, max_repairs: int) -> None:
+    def __init__(self, attempt: Attempt, models: ModelClient, max_repairs: int) -> None:
         self.a = attempt
-        self.litellm = litellm
+        self.models = models
         self.max_repairs = max_repairs
         self.entries: list[dict[str, Any]] = []  # every request made, for exchange.json
         self.saved = 0  # how many of them the last exchange.json written holds
@@ -424,16 +366,16 @@ class _Conversation:
         failures: list[_Failure] = []
         for index in range(self.current, len(specs)):
             spec = specs[index]
-            fmt = _response_format(self.litellm, spec)
+            info = None if spec.offline else await self.models.info(spec.model, spec.api_base)
+            fmt = JSON_MODE if info is None else info["response_format"]
             request: dict[str, Any] = {"model": spec.model, "messages": self.messages, **spec.params}
             if fmt is not None:
                 request["response_format"] = fmt
             key = request_hash(request)
             cached = self.a.cached_calls.get(key)
-            if cached is None and not spec.offline:
-                problem = _environment_problem(self.litellm, spec)  # ~30 us
-                if problem:  # e.g. a resume in a shell without the key: litellm would say 500
-                    raise RunnerError("provider_error", problem)
+            if cached is None and info is not None and info["problem"]:
+                # e.g. a resume in a shell without the key: litellm would say 500
+                raise RunnerError("provider_error", info["problem"])
             if cached is not None:
                 self.reused += 1
                 self._log_call(request, key, turn, spec, 0, response=cached, cached=True)
@@ -467,7 +409,6 @@ class _Conversation:
     async def _call(self, request: dict[str, Any], key: str, turn: int, spec: ModelSpec,
                     try_: int) -> str | _Failure:
         """One request. Returns the reply's text (logged), or the failure (not yet logged)."""
-        litellm = self.litellm
         kwargs: dict[str, Any] = dict(request)
         kwargs["messages"] = [dict(m) for m in self.messages]  # litellm may edit what it is given
         kwargs["max_retries"] = 0  # retries are ours: the SDK's would be invisible and unlogged
@@ -476,28 +417,22 @@ class _Conversation:
         if spec.timeout_s is not None:
             kwargs["timeout"] = spec.timeout_s
         if spec.offline:
-            offline.price(litellm, spec.model)
             kwargs["metadata"] = {"agentctl": {"task": self.a.task_id, "attempt": self.a.attempt,
                                                "turn": turn, "try": try_}}
         self.a.beat()
         started = time.perf_counter()
-        try:
-            resp = await self._beating(litellm.acompletion(**kwargs))
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            return _classify(litellm, e)
+        reply = await self._beating(self.models.call(kwargs))
         latency = time.perf_counter() - started
-        content = resp.choices[0].message.content or "" if resp.choices else ""
-        usage = getattr(resp, "usage", None)
-        prompt_t = int(getattr(usage, "prompt_tokens", 0) or 0)
-        completion_t = int(getattr(usage, "completion_tokens", 0) or 0)
-        tokens = int(getattr(usage, "total_tokens", 0) or (prompt_t + completion_t))
-        cost, cost_known = _cost(litellm, resp)
-        response = {"content": content, "model": getattr(resp, "model", None),
-                    "finish_reason": resp.choices[0].finish_reason if resp.choices else None,
-                    "usage": {"prompt_tokens": prompt_t, "completion_tokens": completion_t,
-                              "total_tokens": tokens}}
+        failure = reply.get("failure")
+        if failure is not None:
+            return _Failure(str(failure["kind"]), bool(failure["retryable"]),
+                            str(failure["message"]), failure.get("retry_after"))
+        content = str(reply["content"])
+        usage = reply["usage"]
+        tokens = int(usage["total_tokens"])
+        cost, cost_known = float(reply["cost"]), bool(reply["cost_known"])
+        response = {"content": content, "model": reply["model"],
+                    "finish_reason": reply["finish_reason"], "usage": usage}
         call = {"request_hash": key, "response": response, "tokens": tokens,
                 "cost_usd": cost, "model": spec.raw, "latency_s": round(latency, 4),
                 "call": self.paid + 1, "turn": turn}
@@ -650,19 +585,6 @@ class _Conversation:
 # --------------------------------------------------------------------------- helpers
 
 
-def _cost(litellm: Any, resp: Any) -> tuple[float, bool]:
-    """USD of one response, by litellm's ``completion_cost``: litellm already ran it for its
-    own logging (``response_cost`` in the hidden params); ask again only when it is absent."""
-    hidden = getattr(resp, "_hidden_params", None) or {}
-    cost = hidden.get("response_cost")
-    if not isinstance(cost, int | float):
-        try:
-            cost = litellm.completion_cost(completion_response=resp)
-        except Exception:  # a model litellm has no price for
-            return 0.0, False
-    return round(float(cost), 12), True
-
-
 def _masked_json(obj: Any) -> str:
     """``obj`` as one line of JSON, secrets masked (``Redactor.encoded``: on the encoded
     text, in one pass, rather than a regex run on every string of it)."""
@@ -706,57 +628,3 @@ def _repair_text(problems: list[str]) -> str:
     lines = "\n".join(f"- {p}" for p in problems[:20])
     return ("Your reply is not a valid report:\n\n" + lines + "\n\nReply again with one JSON "
             "object, and nothing else, that validates against the schema given above.")
-
-
-def _classify(litellm: Any, e: Exception) -> _Failure:
-    """litellm's exception -> what kind of failure, and whether trying again can help."""
-    ex = litellm.exceptions
-    status = getattr(e, "status_code", None)
-    text = _short(e)
-    if isinstance(e, ex.Timeout):
-        return _Failure("timeout", True, f"timed out: {text}")
-    if isinstance(e, ex.RateLimitError):
-        return _Failure("rate_limit", True, f"rate limited (429): {text}", _retry_after(e))
-    if isinstance(e, ex.ContextWindowExceededError) or (
-            isinstance(e, ex.BadRequestError) and re.search(r"context.(length|window)", str(e), re.I)):
-        return _Failure("context_window", False, f"context window exceeded: {text}")
-    if isinstance(e, ex.AuthenticationError):
-        return _Failure("authentication", False, f"authentication failed (401): {text}")
-    if isinstance(e, ex.PermissionDeniedError):
-        return _Failure("permission", False, f"permission denied (403): {text}")
-    if isinstance(e, ex.NotFoundError):
-        return _Failure("not_found", False, f"model not found (404): {text}")
-    if isinstance(e, ex.ContentPolicyViolationError):
-        return _Failure("content_policy", False, f"refused by content policy: {text}")
-    if isinstance(e, ex.BadRequestError | ex.UnprocessableEntityError):
-        return _Failure("bad_request", False, f"bad request ({status or 400}): {text}")
-    if isinstance(e, ex.APIConnectionError):
-        return _Failure("connection", True, f"connection error: {text}")
-    if (isinstance(status, int) and status >= 500) or isinstance(
-            e, ex.InternalServerError | ex.ServiceUnavailableError | ex.BadGatewayError):
-        return _Failure("server_error", True, f"server error ({status}): {text}", _retry_after(e))
-    if status == 429:
-        return _Failure("rate_limit", True, f"rate limited (429): {text}", _retry_after(e))
-    if isinstance(e, ex.APIError | ex.APIResponseValidationError) and status is None:
-        return _Failure("server_error", True, f"bad response: {text}")
-    return _Failure("unexpected", False, f"{type(e).__name__}: {text}")
-
-
-def _short(e: Exception) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    text = re.sub(r"^litellm\.\w+: (\w+: )?", "", text)
-    text = redact.default().text(text)
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _retry_after(e: Exception) -> float | None:
-    headers = getattr(e, "litellm_response_headers", None)
-    if headers is None:
-        headers = getattr(getattr(e, "response", None), "headers", None)
-    if not headers:
-        return None
-    try:
-        value = headers.get("retry-after")
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
