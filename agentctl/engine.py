@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import gc
 import hashlib
@@ -192,8 +193,12 @@ def _write_stats(journal: store.Journal) -> None:
         import resource
 
         me = resource.getrusage(resource.RUSAGE_SELF)
+        peak = me.ru_maxrss  # on Linux this keeps the forked parent's peak across exec: VmHWM
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            status = Path("/proc/self/status").read_text()
+            peak = int(status.split("VmHWM:", 1)[1].split()[0])
         Path(path).write_text(json.dumps({"wal_fsyncs": journal.fsyncs, "wal_records": journal.seq,
-                                          "peak_rss_kb": me.ru_maxrss,
+                                          "peak_rss_kb": peak,
                                           "cpu_self_s": me.ru_utime + me.ru_stime}) + "\n")
 
 
