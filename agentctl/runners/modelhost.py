@@ -25,8 +25,8 @@ driver.
 
 How it ends:
 
-- The driver closes the host's stdin when its process exits; the host cancels what is still
-  out and exits. A driver that is killed closes it too (the kernel does), and so does a host
+- The driver closes the host's stdin when its process exits; the host exits at once, calls
+  still out and all. A driver that is killed closes it too (the kernel does), and so does a host
   found with another environment than the driver's now (a test that set a key), which is
   replaced.
 - The host ignores SIGINT: Ctrl-C is the driver's to handle; a signal to the whole process
@@ -441,12 +441,11 @@ async def _serve(rfd: int, wfd: int) -> None:
     pipe.attach(loop)
     pipe.send({"ready": True, "pid": os.getpid()})  # litellm is imported: calls are quick now
     await ended
-    for task in list(calls.values()):
-        task.cancel()
-    await asyncio.gather(*calls.values(), return_exceptions=True)
-    with contextlib.suppress(Exception):
-        await client.aclose()
-    pipe.close()
+    # The driver is gone or done: nothing here is worth keeping. Exit now, rather than let
+    # litellm close its clients and the interpreter tear down ~300,000 objects (~0.15 s the
+    # driver waited for at its exit); the kernel closes the sockets of calls still out.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
