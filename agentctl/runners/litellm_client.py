@@ -1,11 +1,12 @@
 """litellm, and a model call made through it: the only module that imports litellm.
 
-It runs in the model host process (``agentctl.runners.modelhost``), not in the driver; with
-``AGENTCTL_MODEL_HOST=0`` it runs in the driver itself. Before the import it sets
-``LITELLM_LOCAL_MODEL_COST_MAP=True`` (no price map from the internet), ``LITELLM_MODE=PRODUCTION``
-(no ``.env`` from parent folders) and ``HF_HUB_OFFLINE=1`` (no 23 s of retries to huggingface.co
-when counting tokens), unless the user set them; after it, litellm's banner is turned off and
-the ``offline/...`` provider (``agentctl.offline``) is registered.
+It runs in the model host process (``agentctl.runners.modelhost``); with
+``AGENTCTL_MODEL_HOST=0``, or where the driver may use one CPU only, in the driver. Before the
+import it sets ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (no price map from the internet),
+``LITELLM_MODE=PRODUCTION`` (no ``.env`` from parent folders) and ``HF_HUB_OFFLINE=1`` (no 23 s
+of retries to huggingface.co when counting tokens), unless the user set them; after it,
+litellm's banner is turned off and the ``offline/...`` provider (``agentctl.offline``) is
+registered.
 
 What crosses to the llm runner is plain JSON, the same in both places:
 

@@ -16,7 +16,8 @@ the driver's). Driver -> host::
     {"op": "call", "id": 7, "kwargs": {...}}      litellm.acompletion(**kwargs)
     {"op": "cancel", "id": 7}                     the call is not wanted any more: stop it
     {"op": "info", "id": 8, "model": "...", "api_base": null}
-    {"op": "status", "id": 9}                     how many calls are out; the host's CPU
+    {"op": "status", "id": 9}                     how many calls run (a cancelled one until it
+                                                  has stopped); the host's pid and CPU
 
 and host -> driver ``{"ready": true}`` once litellm is imported, then ``{"id": 7, ...}``: a
 call's reply or ``failure``, as ``agentctl.runners.litellm_client`` makes them. What is durable stays the driver's: a reply is
@@ -29,13 +30,15 @@ How it ends:
   still out and all. A driver that is killed closes it too (the kernel does), and so does a host
   found with another environment than the driver's now (a test that set a key), which is
   replaced.
-- The host ignores SIGINT: Ctrl-C is the driver's to handle; a signal to the whole process
-  group (SIGTERM, SIGKILL) reaches the host as it reaches the driver.
+- The host runs in a session of its own (and ignores SIGINT): a signal to the driver's
+  process group (Ctrl-C, ``timeout``, a service manager's SIGTERM) is the driver's to handle;
+  the host must not die of it under the calls the driver is ending cleanly.
 - A host that dies fails the calls it had as retryable connection errors, and the next call
   starts another.
 
-``AGENTCTL_MODEL_HOST=0`` runs litellm in the driver instead (for comparison, and for a
-platform where a second process is not wanted).
+``AGENTCTL_MODEL_HOST=0`` runs litellm in the driver instead, and so does a driver that may use
+one CPU only (``agentctl.runners.llm.use_host``): there the two processes would take turns on
+it, and the pipe would be pure cost. ``AGENTCTL_MODEL_HOST=1`` asks for the host regardless.
 """
 
 from __future__ import annotations
@@ -55,11 +58,19 @@ from pathlib import Path
 from typing import Any
 
 from agentctl import redact
-from agentctl.errors import AgentctlError, RunnerError
+from agentctl.errors import AgentctlError
 from agentctl.runners import litellm_client
 
-HOST_ENV = "AGENTCTL_MODEL_HOST"
 ANSWER_WAIT_S = 300.0  # preflight's wait for a host importing litellm on a loaded machine
+# The host runs this agentctl (the driver's), found after the standard library and before the
+# other site directories: first in sys.path, a wheel's site-packages would let any module
+# there with a standard library name (old backports install `uuid`, `pathlib`) shadow it.
+_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+_HOST_CODE = (
+    "import sys; at = next((i for i, p in enumerate(sys.path) "
+    "if p.endswith(('site-packages', 'dist-packages'))), len(sys.path)); "
+    f"sys.path.insert(at, {_ROOT!r}); "
+    "from agentctl.runners.modelhost import main; main()")
 
 
 class HostError(AgentctlError):
@@ -78,7 +89,7 @@ class _Lines:
         os.set_blocking(wfd, False)
         self.on_line, self.on_eof = on_line, on_eof
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.rbuf = b""
+        self.rparts: list[bytes] = []  # the start of a line not yet ended
         self.wbuf = bytearray()
         self.broken = False  # the other end is gone: what is sent is dropped
 
@@ -136,15 +147,21 @@ class _Lines:
             self.detach()
             self.on_eof()
             return
-        lines = (self.rbuf + data).split(b"\n")
-        self.rbuf = lines.pop()
-        for line in lines:
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            line = data[start:end]
+            if self.rparts:  # joined once, when it ends: a line of many reads stays linear
+                line = b"".join((*self.rparts, line))
+                self.rparts.clear()
+            start = end + 1
             try:
                 msg = json.loads(line)
             except ValueError:
                 continue  # not ours: the other end writes nothing else here
             if isinstance(msg, dict):
                 self.on_line(msg)
+        if start < len(data):
+            self.rparts.append(data[start:])
 
     def read_sync(self, done: Callable[[], bool], timeout: float) -> bool:
         """Without an event loop (before a run starts): write what is buffered, then read
@@ -201,13 +218,14 @@ class HostClient:
         if self.proc is not None and self.proc.poll() is None and env == self.env:
             return
         self.stop()
-        root = str(Path(__file__).resolve().parent.parent.parent)  # this agentctl's, always
-        code = ("import sys; sys.path.insert(0, " + repr(root) + "); "
-                "from agentctl.runners.modelhost import main; main()")
         try:
-            # -P: nothing from the working directory shadows a module the host imports.
-            proc = subprocess.Popen([sys.executable, "-P", "-c", code], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, env=env)
+            # -P: nothing from the working directory shadows a module the host imports. A
+            # session of its own: a signal to the driver's process group (a terminal's Ctrl-C,
+            # `timeout`, `kill -TERM -PGID`, a service manager's stop) is the driver's to
+            # handle, and must not kill the host under the calls the driver is ending.
+            proc = subprocess.Popen([sys.executable, "-P", "-c", _HOST_CODE],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                    start_new_session=True)
         except OSError as e:
             raise HostError(f"cannot start the model host process ({sys.executable}): "
                             f"{e.strerror or e}") from None
@@ -227,6 +245,9 @@ class HostClient:
             pipe.detach()
         if proc is not None:
             assert proc.stdin is not None and proc.stdout is not None
+            if not self.host_ready:  # still importing litellm: it would read its end later
+                with contextlib.suppress(OSError):
+                    proc.kill()
             for f in (proc.stdin, proc.stdout):
                 with contextlib.suppress(OSError):
                     f.close()
@@ -291,7 +312,7 @@ class HostClient:
         fut = self.pending.pop(rid)
         if fut is None:
             self.replies[rid] = msg
-        elif not fut.done():
+        elif not fut.done() and not fut.get_loop().is_closed():
             fut.set_result(msg)
 
     def _attached(self) -> tuple[asyncio.AbstractEventLoop, _Lines]:
@@ -335,13 +356,13 @@ class HostClient:
         return await self.request({"op": "call", "kwargs": kwargs})
 
     async def info(self, model: str, api_base: str | None) -> dict[str, Any]:
+        """What the host says of ``model``; ``failure`` if the host ended first."""
         key = (model, api_base)
         got = self.infos.get(key)
         if got is None:
             got = await self.request({"op": "info", "model": model, "api_base": api_base})
-            if "failure" in got:  # the host died: this attempt fails, and may be retried
-                raise RunnerError("provider_error", got["failure"]["message"], retryable=True)
-            self.infos[key] = got
+            if "failure" not in got:
+                self.infos[key] = got
         return got
 
     def info_sync(self, model: str, api_base: str | None) -> dict[str, Any]:
@@ -422,8 +443,8 @@ async def _serve(rfd: int, wfd: int) -> None:
             task = loop.create_task(answer(rid, dict(msg.get("kwargs") or {})))
             calls[rid] = task
             task.add_done_callback(lambda _t: _forget(rid))
-        elif op == "cancel":
-            gone = calls.pop(rid, None)
+        elif op == "cancel":  # the task leaves `calls` when it is done (cancelled)
+            gone = calls.get(rid)
             if gone is not None:
                 gone.cancel()
         elif op == "info":
