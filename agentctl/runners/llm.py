@@ -107,7 +107,7 @@ def use_host() -> bool:
     """Whether model calls go to a host process: ``AGENTCTL_MODEL_HOST`` (1 or 0) says so;
     unset, only where this process may run on two CPUs or more. On one, the host's calls and
     the driver's work take turns on it, and the pipe is pure cost (measured with ``taskset
-    -c 0``: 1.61x the plain loop with a host, 1.30x with litellm in the driver)."""
+    -c 0``: 1.61-1.65x the plain loop with a host, 1.30-1.32x with litellm in the driver)."""
     value = os.environ.get(HOST_ENV, "").strip().lower()
     if value in ("0", "off", "no", "false"):
         return False
@@ -277,7 +277,11 @@ class LLMRunner:
     async def run(self, attempt: Attempt) -> Outcome:
         models = client()
         if not models.is_ready():
-            await _ready(models, attempt)
+            try:
+                await _ready(models, attempt)
+            except RunnerError as e:  # no host could be started
+                return Outcome(category=e.category, message=redact.default().text(e.message),
+                               retryable=e.retryable)
         conv = _Conversation(attempt, models, self.max_repairs)
         try:
             report = await conv.run()

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from agentctl import redact
-from agentctl.errors import AgentctlError
+from agentctl.errors import RunnerError
 from agentctl.runners import litellm_client
 
 ANSWER_WAIT_S = 300.0  # preflight's wait for a host importing litellm on a loaded machine
@@ -73,8 +73,12 @@ _HOST_CODE = (
     "from agentctl.runners.modelhost import main; main()")
 
 
-class HostError(AgentctlError):
-    """The model host could not be started or ended before it answered."""
+class HostError(RunnerError):
+    """The model host could not be started, or ended before it answered: an attempt that
+    meets it fails as a retryable provider error; before a run, the CLI says it in a line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("provider_error", message, retryable=True)
 
 
 class _Lines:
