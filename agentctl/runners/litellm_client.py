@@ -70,10 +70,6 @@ def load() -> Any:
     return _litellm
 
 
-def loaded() -> bool:
-    return _litellm is not None
-
-
 async def aclose() -> None:
     """Release what litellm keeps bound to the running event loop: its HTTP clients (else
     their sockets are reported unclosed when the loop is gone) and its logging worker (else
@@ -205,8 +201,9 @@ def _cost(litellm: Any, resp: Any) -> tuple[float, bool]:
     return round(float(cost), 12), True
 
 
-def _failure(kind: str, retryable: bool, message: str,
-             retry_after: float | None = None) -> dict[str, Any]:
+def failure(kind: str, retryable: bool, message: str,
+            retry_after: float | None = None) -> dict[str, Any]:
+    """A failed call, as it crosses to the llm runner (``{"failure": failure(...)}``)."""
     return {"kind": kind, "retryable": retryable, "message": message, "retry_after": retry_after}
 
 
@@ -216,32 +213,32 @@ def classify(litellm: Any, e: Exception) -> dict[str, Any]:
     status = getattr(e, "status_code", None)
     text = _short(e)
     if isinstance(e, ex.Timeout):
-        return _failure("timeout", True, f"timed out: {text}")
+        return failure("timeout", True, f"timed out: {text}")
     if isinstance(e, ex.RateLimitError):
-        return _failure("rate_limit", True, f"rate limited (429): {text}", _retry_after(e))
+        return failure("rate_limit", True, f"rate limited (429): {text}", _retry_after(e))
     if isinstance(e, ex.ContextWindowExceededError) or (
             isinstance(e, ex.BadRequestError) and re.search(r"context.(length|window)", str(e), re.I)):
-        return _failure("context_window", False, f"context window exceeded: {text}")
+        return failure("context_window", False, f"context window exceeded: {text}")
     if isinstance(e, ex.AuthenticationError):
-        return _failure("authentication", False, f"authentication failed (401): {text}")
+        return failure("authentication", False, f"authentication failed (401): {text}")
     if isinstance(e, ex.PermissionDeniedError):
-        return _failure("permission", False, f"permission denied (403): {text}")
+        return failure("permission", False, f"permission denied (403): {text}")
     if isinstance(e, ex.NotFoundError):
-        return _failure("not_found", False, f"model not found (404): {text}")
+        return failure("not_found", False, f"model not found (404): {text}")
     if isinstance(e, ex.ContentPolicyViolationError):
-        return _failure("content_policy", False, f"refused by content policy: {text}")
+        return failure("content_policy", False, f"refused by content policy: {text}")
     if isinstance(e, ex.BadRequestError | ex.UnprocessableEntityError):
-        return _failure("bad_request", False, f"bad request ({status or 400}): {text}")
+        return failure("bad_request", False, f"bad request ({status or 400}): {text}")
     if isinstance(e, ex.APIConnectionError):
-        return _failure("connection", True, f"connection error: {text}")
+        return failure("connection", True, f"connection error: {text}")
     if (isinstance(status, int) and status >= 500) or isinstance(
             e, ex.InternalServerError | ex.ServiceUnavailableError | ex.BadGatewayError):
-        return _failure("server_error", True, f"server error ({status}): {text}", _retry_after(e))
+        return failure("server_error", True, f"server error ({status}): {text}", _retry_after(e))
     if status == 429:
-        return _failure("rate_limit", True, f"rate limited (429): {text}", _retry_after(e))
+        return failure("rate_limit", True, f"rate limited (429): {text}", _retry_after(e))
     if isinstance(e, ex.APIError | ex.APIResponseValidationError) and status is None:
-        return _failure("server_error", True, f"bad response: {text}")
-    return _failure("unexpected", False, f"{type(e).__name__}: {text}")
+        return failure("server_error", True, f"bad response: {text}")
+    return failure("unexpected", False, f"{type(e).__name__}: {text}")
 
 
 def _short(e: Exception) -> str:

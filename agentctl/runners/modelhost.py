@@ -206,7 +206,6 @@ class HostClient:
         self.replies: dict[int, dict[str, Any]] = {}  # answers to requests made without a loop
         self.infos: dict[tuple[str, str | None], dict[str, Any]] = {}
         self.seq = 0
-        self.exited: str | None = None  # how the last host ended, for the calls it had
         self.host_ready = False  # the host said litellm is imported
         self.waiters: list[asyncio.Future[None]] = []  # for that
         self._atexit = False
@@ -234,7 +233,7 @@ class HostClient:
             raise HostError(f"cannot start the model host process ({sys.executable}): "
                             f"{e.strerror or e}") from None
         assert proc.stdin is not None and proc.stdout is not None
-        self.proc, self.env, self.infos, self.exited = proc, env, {}, None
+        self.proc, self.env, self.infos = proc, env, {}
         self.host_ready = False
         self.pipe = _Lines(proc.stdout.fileno(), proc.stdin.fileno(), self._answer, self._ended)
         if not self._atexit:
@@ -243,23 +242,8 @@ class HostClient:
 
     def stop(self, wait_s: float = 5.0) -> None:
         """Close the host's input, so it ends what it has and exits; kill it after ``wait_s``."""
-        proc, pipe = self.proc, self.pipe
-        self.proc = self.pipe = None
-        if pipe is not None:
-            pipe.detach()
-        if proc is not None:
-            assert proc.stdin is not None and proc.stdout is not None
-            if not self.host_ready:  # still importing litellm: it would read its end later
-                with contextlib.suppress(OSError):
-                    proc.kill()
-            for f in (proc.stdin, proc.stdout):
-                with contextlib.suppress(OSError):
-                    f.close()
-            try:
-                proc.wait(wait_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        # A host still importing litellm would read its end of stdin only after: killed now.
+        self._drop(wait_s, kill=not self.host_ready)
         self._fail_pending("the model host process was stopped")
 
     @property
@@ -268,24 +252,32 @@ class HostClient:
 
     def _ended(self) -> None:
         """The host's output ended: it exited (or is about to). Its calls fail, retryable."""
+        rc = self._drop(2.0)
+        how = (f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit code {rc}")
+        self._fail_pending(f"the model host process ended ({how})")
+
+    def _drop(self, wait_s: float, *, kill: bool = False) -> int | None:
+        """Let go of the host: off the event loop, its pipes closed (EOF on its stdin), then
+        reaped, killed if it is not gone after ``wait_s``. Its exit status, or None if there
+        was none."""
         proc, pipe = self.proc, self.pipe
         self.proc = self.pipe = None
-        rc: int | None = None
-        if proc is not None:
-            try:
-                rc = proc.wait(2.0)
-            except subprocess.TimeoutExpired:
+        if pipe is not None:
+            pipe.detach()
+        if proc is None:
+            return None
+        if kill:
+            with contextlib.suppress(OSError):
                 proc.kill()
-                rc = proc.wait()
-            for f in (proc.stdin, proc.stdout):
+        for f in (proc.stdin, proc.stdout):
+            if f is not None:
                 with contextlib.suppress(OSError):
-                    if f is not None:
-                        f.close()
-        elif pipe is not None:
-            pipe.close()
-        how = (f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit code {rc}")
-        self.exited = f"the model host process ended ({how})"
-        self._fail_pending(self.exited)
+                    f.close()
+        try:
+            return proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
 
     def _wake(self) -> None:
         for fut in self.waiters:
@@ -296,13 +288,12 @@ class HostClient:
     def _fail_pending(self, why: str) -> None:
         self.host_ready = False
         self._wake()  # a host that died is not waited for: the call that follows says why
-        failure = {"failure": {"kind": "connection", "retryable": True, "message": why,
-                               "retry_after": None}}
+        failed = {"failure": litellm_client.failure("connection", True, why)}
         for rid, fut in list(self.pending.items()):
             if fut is None:
-                self.replies[rid] = failure
+                self.replies[rid] = failed
             elif not fut.done() and not fut.get_loop().is_closed():
-                fut.set_result(failure)
+                fut.set_result(failed)
         self.pending.clear()
 
     def _answer(self, msg: dict[str, Any]) -> None:
@@ -342,13 +333,19 @@ class HostClient:
             self.waiters.append(fut)
             await fut
 
+    def _post(self, pipe: _Lines, msg: dict[str, Any],
+              fut: asyncio.Future[dict[str, Any]] | None) -> int:
+        """Send a request under a new id; its answer goes to ``fut`` (None: to ``replies``,
+        for a request made without an event loop)."""
+        self.seq += 1
+        self.pending[self.seq] = fut
+        pipe.send({**msg, "id": self.seq})
+        return self.seq
+
     async def request(self, msg: dict[str, Any]) -> dict[str, Any]:
         loop, pipe = self._attached()
-        self.seq += 1
-        rid = self.seq
         fut: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self.pending[rid] = fut
-        pipe.send({**msg, "id": rid})
+        rid = self._post(pipe, msg, fut)
         try:
             return await fut
         finally:
@@ -378,10 +375,7 @@ class HostClient:
             self.start()
             pipe = self.pipe
             assert pipe is not None
-            self.seq += 1
-            rid = self.seq
-            self.pending[rid] = None
-            pipe.send({"op": "info", "id": rid, "model": model, "api_base": api_base})
+            rid = self._post(pipe, {"op": "info", "model": model, "api_base": api_base}, None)
             if not pipe.read_sync(lambda: rid in self.replies, ANSWER_WAIT_S):
                 self.pending.pop(rid, None)
                 raise HostError(f"the model host process did not answer within "
@@ -432,8 +426,8 @@ async def _serve(rfd: int, wfd: int) -> None:
         try:
             reply = await client.call(kwargs)
         except Exception as e:  # ours, not the model's: still an answer, never a hang
-            reply = {"failure": {"kind": "unexpected", "retryable": False, "retry_after": None,
-                                 "message": redact.default().text(f"{type(e).__name__}: {e}")}}
+            reply = {"failure": litellm_client.failure(
+                "unexpected", False, redact.default().text(f"{type(e).__name__}: {e}"))}
         pipe.send({"id": rid, **reply})
 
     def _forget(rid: int) -> None:
